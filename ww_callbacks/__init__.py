@@ -1,0 +1,38 @@
+"""ww-callbacks: data-free spectral diagnostics (WeightWatcher metrics) inside the training loop.
+
+Importing this package imports neither torch, keras, lightning nor wandb.
+
+Example:
+    >>> import numpy as np, ww_callbacks
+    >>> report = ww_callbacks.analyze({"fc.weight": np.random.default_rng(0).normal(size=(128, 64))}, seed=0)
+    >>> round(report.summary["alpha"], 1) > 1
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .analysis import analyze
+from .layers import LayerWeights, snapshot
+from .spectral.report import SUMMARY_METRICS, LayerResult, SpectralReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUMMARY_METRICS",
+    "LayerResult",
+    "LayerWeights",
+    "SpectralReport",
+    "analyze",
+    "load_history",
+    "snapshot",
+    "__version__",
+]
+
+
+def load_history(path: Any, *, as_pandas: bool | None = None) -> Any:
+    """Read a ``ww_history.jsonl`` file written by the callbacks (see `ww_callbacks.sinks.history`)."""
+    from .sinks.history import load_history as _load
+
+    return _load(path, as_pandas=as_pandas)

@@ -1,0 +1,97 @@
+"""`analyze()`: the one call that runs the whole spectral analysis on a model."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .layers import LayerWeights, snapshot
+from .spectral.layer import analyze_layers
+from .spectral.report import SpectralReport
+
+log = logging.getLogger(__name__)
+
+RandomSource = np.random.Generator | np.random.RandomState
+
+
+def analyze(
+    model: Any,
+    *,
+    layers: Any = None,
+    randomize: bool = True,
+    mp_fit: bool = False,
+    min_evals: int = 8,
+    max_evals: int = 15000,
+    max_N: int = 50000,
+    seed: int | None = None,
+    rng: RandomSource | None = None,
+    n_random: int = 1,
+    n_jobs: int | None = None,
+) -> SpectralReport:
+    """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
+
+    Reproduces weightwatcher 0.7.7's per-layer metrics (``analyze(randomize=..., mp_fit=...)``) without any data.
+
+    Args:
+        model: a ``torch.nn.Module``, a Keras 3 ``Model``/``Layer``, a mapping of names to arrays or tensors
+            (a state dict), or a list of `LayerWeights` from `ww_callbacks.layers.snapshot`.
+        layers: keep only these layers: names, globs (``"encoder.*"``), compiled regexes, kinds (``"dense"``,
+            ``"conv2d"``, ``"embedding"``), classes or layer ids; a leading ``-`` excludes.
+        randomize: also compare each layer's ESD with that of its shuffled weights (``rand_distance`` ...).
+        mp_fit: also fit the Marchenko-Pastur bulk (``num_spikes``, ``mp_softrank`` ...).
+        min_evals, max_evals, max_N: layers with fewer than ``min_evals`` or more than ``max_evals``
+            eigenvalues, or with ``N > max_N``, are not analyzed (their status says so).
+        seed: seed for the shuffles (a fresh ``numpy.random.default_rng(seed)``); ignored when ``rng`` is given.
+        rng: a ``numpy.random.Generator``, or a legacy ``numpy.random.RandomState``, whose shuffles are then
+            drawn in weightwatcher's order so that a ``RandomState`` seeded like weightwatcher's global state
+            gives its randomized columns exactly. The global RNGs are never touched.
+        n_random: number of shuffles averaged into ``rand_distance`` (its std is ``rand_distance_std``).
+        n_jobs: threads over layers (default: up to 2; 1 disables threading).
+
+    Example:
+        >>> import numpy as np, ww_callbacks
+        >>> w = np.random.default_rng(0).standard_normal((300, 100))
+        >>> report = ww_callbacks.analyze({"fc.weight": w}, seed=0)
+        >>> report.layers[0].status
+        'success'
+    """
+    if n_random < 1:
+        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    start = time.perf_counter()
+    found: Sequence[LayerWeights] = snapshot(model, layers=layers)
+    if not found:
+        warnings.warn(
+            f"no analyzable layer found in {type(model).__name__} (looked for dense, conv1d, conv2d and "
+            "embedding layers)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if rng is None:
+        rng = np.random.default_rng(seed)
+    results = analyze_layers(
+        found,
+        randomize=randomize,
+        mp_fit=mp_fit,
+        min_evals=min_evals,
+        max_evals=max_evals,
+        max_N=max_N,
+        rng=rng,
+        n_random=n_random,
+        n_jobs=n_jobs,
+    )
+    options = {
+        "randomize": randomize,
+        "mp_fit": mp_fit,
+        "min_evals": min_evals,
+        "max_evals": max_evals,
+        "max_N": max_N,
+        "n_random": n_random,
+    }
+    report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=options)
+    log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)
+    return report

@@ -1,0 +1,65 @@
+"""Snapshots: turn a model (torch, Keras, or a mapping of arrays) into a list of `LayerWeights`.
+
+This package is the only place that knows framework types; every framework import happens lazily.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .base import CONV_SCALE, LAYER_KINDS, LayerWeights, select_layers
+
+__all__ = ["CONV_SCALE", "LAYER_KINDS", "LayerWeights", "select_layers", "snapshot"]
+
+SUPPORTED = (
+    "a torch.nn.Module, a Keras 3 Model or Layer, a mapping of layer names to arrays or tensors "
+    "(e.g. a state dict), or a list of LayerWeights"
+)
+
+
+def _is_torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _is_keras_layer(obj: Any) -> bool:
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return False
+    return isinstance(obj, keras.layers.Layer)
+
+
+def snapshot(model: Any, *, layers: Any = None, copy: bool = True) -> list[LayerWeights]:
+    """Copy the analyzable weights of ``model`` out as `LayerWeights`, optionally filtered by ``layers``.
+
+    ``copy=True`` detaches and copies the weights (on their device) so that training can go on while they are
+    analyzed. Framework modules are only imported if the model is of that framework.
+
+    Example:
+        >>> import numpy as np
+        >>> [lw.name for lw in snapshot({"fc.weight": np.ones((20, 10))})]
+        ['fc']
+    """
+    if (
+        isinstance(model, Sequence)
+        and not isinstance(model, (str, bytes))
+        and all(isinstance(lw, LayerWeights) for lw in model)
+    ):
+        found = list(model)
+    elif _is_torch_module(model):
+        from .torch import snapshot_torch
+
+        found = snapshot_torch(model, copy=copy)
+    elif _is_keras_layer(model):
+        from .keras import snapshot_keras
+
+        found = snapshot_keras(model, copy=copy)
+    elif isinstance(model, Mapping):
+        from .mapping import snapshot_mapping
+
+        found = snapshot_mapping(model, copy=copy)
+    else:
+        raise TypeError(f"cannot analyze an object of type {type(model).__name__}: expected {SUPPORTED}")
+    return select_layers(found, layers)

@@ -1,0 +1,122 @@
+"""Eigenvalues of stacks of weight slices, and element shuffles of those slices.
+
+Eigenvalues are squared singular values, computed in float64 (weightwatcher's convention, no normalization).
+Small slices go through LAPACK's SVD directly. Large ones take the Gram route: ``eigvalsh(WᵀW)`` on the smaller
+side, which is several times faster than an SVD and, in float64, keeps the eigenvalues to about
+``n·eps·lambda_max`` absolute (only the smallest singular values of ill-conditioned layers are affected, which only
+``sv_min``/``rank_loss`` report). Torch tensors stay on their device; only the eigenvalues come back.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+#: Slices whose smaller side is at most this go through the SVD (exact small singular values, cheap anyway).
+SVD_MAX_SIDE = 256
+
+
+def is_torch_tensor(obj: Any) -> bool:
+    """True for a torch tensor, without importing torch when it was never imported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def all_finite(stack: Any) -> bool:
+    """True when every entry of the stack is finite (NaN/Inf weights are reported, not analyzed)."""
+    if is_torch_tensor(stack):
+        import torch
+
+        return bool(torch.isfinite(stack).all().item())
+    return bool(np.isfinite(stack).all())
+
+
+def to_float64(stack: Any, scale: float = 1.0) -> Any:
+    """The stack as float64 (same library and device), multiplied by ``scale``."""
+    if is_torch_tensor(stack):
+        import torch
+
+        out = stack.to(dtype=torch.float64)
+    else:
+        out = np.asarray(stack, dtype=np.float64)
+    if scale != 1.0:
+        out = out * scale
+    return out
+
+
+def slice_eigenvalues(stack: Any) -> np.ndarray:
+    """Eigenvalues of every slice of a float64 stack ``(rf, rows, cols)``: array ``(rf, min(rows, cols))``, ascending.
+
+    Example:
+        >>> slice_eigenvalues(np.diag([3.0, 4.0])[None])
+        array([[ 9., 16.]])
+    """
+    rows, cols = int(stack.shape[-2]), int(stack.shape[-1])
+    use_svd = min(rows, cols) <= SVD_MAX_SIDE
+    if is_torch_tensor(stack):
+        import torch
+
+        with torch.no_grad():
+            if use_svd:
+                ev = torch.linalg.svdvals(stack).square().flip(-1)
+            else:
+                gram = stack.mT @ stack if rows >= cols else stack @ stack.mT
+                ev = torch.linalg.eigvalsh(gram)
+        evals = ev.cpu().numpy()
+    elif use_svd:
+        evals = np.linalg.svd(stack, compute_uv=False)[..., ::-1] ** 2
+    else:
+        t = np.swapaxes(stack, -1, -2)
+        gram = np.matmul(t, stack) if rows >= cols else np.matmul(stack, t)
+        del t
+        evals = np.linalg.eigvalsh(gram)
+    # rounding in the Gram route can leave tiny negative eigenvalues of (numerically) singular slices
+    return np.maximum(np.asarray(evals, dtype=np.float64), 0.0)
+
+
+def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int) -> Any:
+    """``copies`` independent element shuffles of every slice, stacked to ``(copies*rf, rows, cols)``.
+
+    Each slice is permuted within itself in C order, so Σλ is preserved exactly.
+    """
+    rf, rows, cols = (int(s) for s in stack.shape)
+    if is_torch_tensor(stack):
+        import torch
+
+        # a torch generator seeded from ours: reproducible, on the tensor's device, global RNG untouched
+        gen = torch.Generator(device=stack.device)
+        gen.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        flat = stack.reshape(rf, rows * cols)
+        out = []
+        for _ in range(copies):
+            for s in range(rf):
+                perm = torch.randperm(rows * cols, generator=gen, device=stack.device)
+                out.append(flat[s][perm])
+        return torch.stack(out).reshape(copies * rf, rows, cols)
+    flat = np.asarray(stack).reshape(rf, rows * cols)
+    out_np = np.empty((copies, rf, rows * cols), dtype=flat.dtype)
+    for c in range(copies):
+        out_np[c] = rng.permuted(flat, axis=1)
+    return out_np.reshape(copies * rf, rows, cols)
+
+
+def shuffled_copies_legacy(stack: Any, rng: np.random.RandomState, copies: int) -> Any:
+    """As `shuffled_copies`, drawing each slice's permutation from a legacy ``RandomState`` in weightwatcher's order.
+
+    weightwatcher shuffles each flattened slice in place with the global RandomState, slice after slice, replica
+    after replica; ``rng.permutation(size)`` draws exactly the same permutation, so a RandomState in the same
+    state reproduces its shuffles bit for bit.
+    """
+    rf, rows, cols = (int(s) for s in stack.shape)
+    perms = np.stack([rng.permutation(rows * cols) for _ in range(copies * rf)])
+    if is_torch_tensor(stack):
+        import torch
+
+        flat = stack.reshape(rf, rows * cols).repeat(copies, 1)
+        idx = torch.from_numpy(perms).to(stack.device)
+        return torch.gather(flat, 1, idx).reshape(copies * rf, rows, cols)
+    flat = np.asarray(stack).reshape(rf, rows * cols)
+    tiled = np.tile(flat, (copies, 1))
+    return np.take_along_axis(tiled, perms, axis=1).reshape(copies * rf, rows, cols)

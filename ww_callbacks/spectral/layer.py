@@ -1,0 +1,212 @@
+"""The per-layer pipeline: `LayerWeights` -> `LayerResult`, and the loop over layers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..layers.base import LayerWeights
+from . import esd
+from .marchenko_pastur import fit_marchenko_pastur
+from .metrics import esd_statistics, jensen_shannon_distance, norm_metrics
+from .powerlaw import fit_power_law
+from .report import (
+    STATUS_ERROR,
+    STATUS_FAILED,
+    STATUS_NON_FINITE,
+    STATUS_TOO_LARGE,
+    STATUS_TOO_SMALL,
+    STATUS_ZERO,
+    LayerResult,
+)
+
+log = logging.getLogger(__name__)
+
+#: Below this many eigenvalues weightwatcher pools 5 shuffled replicas for max_rand_eval and the random MP fit.
+FEW_EVALS = 100
+REPLICAS_FEW_EVALS = 5
+#: Thresholds of weightwatcher's over-/under-trained warning.
+OVER_TRAINED = 2.0
+UNDER_TRAINED = 6.0
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    randomize: bool = True
+    mp_fit: bool = False
+    min_evals: int = 8
+    max_evals: int = 15000
+    max_N: int = 50000
+    n_random: int = 1
+
+
+def _size_status(lw: LayerWeights, opts: AnalysisOptions) -> tuple[str, str] | None:
+    n = lw.num_evals
+    if opts.min_evals and n < opts.min_evals:
+        return STATUS_TOO_SMALL, f"{n} eigenvalues, fewer than min_evals={opts.min_evals}"
+    if opts.max_evals and n > opts.max_evals:
+        return STATUS_TOO_LARGE, f"{n} eigenvalues, more than max_evals={opts.max_evals}"
+    if opts.max_N and lw.N > opts.max_N:
+        return STATUS_TOO_LARGE, f"N={lw.N} is larger than max_N={opts.max_N}"
+    return None
+
+
+def _warning(alpha: float) -> str:
+    if alpha < OVER_TRAINED:
+        return "over-trained"
+    if alpha > UNDER_TRAINED:
+        return "under-trained"
+    return ""
+
+
+def _pooled(slice_evals: np.ndarray, draws: int) -> np.ndarray:
+    """Sorted pooled ESD of each of ``draws`` consecutive groups of slices: ``(draws, rf*k)``."""
+    return np.sort(slice_evals.reshape(draws, -1), axis=1)
+
+
+def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled ESDs: (replicas pooled for max_rand_eval/MP, ``(n_random, n)`` ESDs for the distance)."""
+    replicas = REPLICAS_FEW_EVALS if lw.num_evals < FEW_EVALS else 1
+    if isinstance(rng, np.random.RandomState):
+        # weightwatcher's order: the replicas first, then a fresh draw for the distance
+        first = esd.shuffled_copies_legacy(lw.matrices, rng, replicas)
+        second = esd.shuffled_copies_legacy(lw.matrices, rng, opts.n_random)
+        rep = esd.slice_eigenvalues(esd.to_float64(first, lw.scale))
+        del first
+        dist = _pooled(esd.slice_eigenvalues(esd.to_float64(second, lw.scale)), opts.n_random)
+    else:
+        # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
+        # large layers, where the eigenvalues dominate the cost)
+        draws = max(replicas, opts.n_random)
+        copies = esd.shuffled_copies(lw.matrices, rng, draws)
+        evals = esd.slice_eigenvalues(esd.to_float64(copies, lw.scale))
+        del copies
+        rep = evals[: replicas * lw.matrices.shape[0]]
+        dist = _pooled(evals, draws)[: opts.n_random]
+    return np.sort(rep.ravel()), dist
+
+
+def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> LayerResult:
+    """Analyze one layer. Never raises: problems end up in ``status`` and ``reason``.
+
+    Example:
+        >>> w = np.random.default_rng(0).standard_normal((1, 50, 20))
+        >>> lw = LayerWeights(name="fc", longname="fc", kind="dense", layer_id=1, matrices=w, N=50, M=20)
+        >>> analyze_layer(lw, rng=np.random.default_rng(0), opts=AnalysisOptions()).status
+        'success'
+    """
+    res = LayerResult(
+        layer_id=lw.layer_id,
+        name=lw.name,
+        longname=lw.longname,
+        layer_type=lw.kind,
+        N=lw.N,
+        M=lw.M,
+        rf=lw.rf,
+        Q=lw.Q,
+        num_evals=lw.num_evals,
+        ww_parity=lw.ww_parity,
+    )
+    size = _size_status(lw, opts)
+    if size is not None:
+        res.status, res.reason = size
+        return res
+    try:
+        _fill(res, lw, rng, opts)
+    except Exception as exc:  # analysis must never take training down
+        log.warning("analysis of layer %s failed: %r", lw.longname, exc)
+        res.status, res.reason = STATUS_ERROR, f"{type(exc).__name__}: {exc}"
+    return res
+
+
+def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> None:
+    if not esd.all_finite(lw.matrices):
+        res.status, res.reason = STATUS_NON_FINITE, "weights contain NaN or Inf"
+        return
+    slice_evals = esd.slice_eigenvalues(esd.to_float64(lw.matrices, lw.scale))
+    evals = np.sort(slice_evals.ravel())
+    res.evals = evals
+    res.num_evals = int(evals.size)
+    res.has_esd = True
+    for key, value in esd_statistics(slice_evals, lw.N).items():
+        setattr(res, key, value)
+    if not evals[-1] > 0:
+        res.status, res.reason = STATUS_ZERO, "all weights are zero"
+        return
+    fit = fit_power_law(evals)
+    if fit.ok:
+        res.alpha, res.xmin, res.xmax, res.D, res.sigma = fit.alpha, fit.xmin, fit.xmax, fit.D, fit.sigma
+        res.num_pl_spikes = fit.num_pl_spikes
+        res.warning = _warning(fit.alpha)
+    else:
+        res.status, res.reason = STATUS_FAILED, fit.reason
+    for key, value in norm_metrics(evals, res.alpha, lw.N).items():
+        setattr(res, key, value)
+    if opts.randomize:
+        rand_evals, dist_evals = _random_esds(lw, rng, opts)
+        res.rand_evals = rand_evals
+        res.max_rand_eval = float(rand_evals[-1])
+        distances = [jensen_shannon_distance(evals, d) for d in dist_evals]
+        res.rand_distance = float(np.mean(distances))
+        res.rand_distance_std = float(np.std(distances, ddof=1)) if len(distances) > 1 else float("nan")
+        rand_max = float(np.mean(dist_evals[:, -1]))
+        res.ww_softrank = rand_max / float(evals[-1])
+        res.ww_maxdist = float(evals[-1]) - rand_max
+        mp = fit_marchenko_pastur(rand_evals, N=lw.N, M=lw.M)
+        res.rand_num_spikes = res.num_traps = mp.num_spikes if not mp.reason else float("nan")
+        res.rand_sigma_mp, res.rand_mp_softrank, res.rand_W_scale = mp.sigma_mp, mp.mp_softrank, mp.W_scale
+        res.rand_bulk_max, res.rand_bulk_min = mp.bulk_max, mp.bulk_min
+    if opts.mp_fit:
+        mp = fit_marchenko_pastur(evals, N=lw.N, M=lw.M)
+        res.num_spikes = mp.num_spikes if not mp.reason else float("nan")
+        res.sigma_mp, res.mp_softrank, res.W_scale = mp.sigma_mp, mp.mp_softrank, mp.W_scale
+        res.bulk_max, res.bulk_min = mp.bulk_max, mp.bulk_min
+
+
+def _default_jobs() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def analyze_layers(
+    layers: Sequence[LayerWeights],
+    *,
+    rng: np.random.Generator | np.random.RandomState,
+    randomize: bool = True,
+    mp_fit: bool = False,
+    min_evals: int = 8,
+    max_evals: int = 15000,
+    max_N: int = 50000,
+    n_random: int = 1,
+    n_jobs: int | None = None,
+) -> list[LayerResult]:
+    """Analyze every layer; results keep the input order.
+
+    With a ``Generator`` each layer gets its own child generator (``rng.spawn``), so results do not depend on
+    threading. With a legacy ``RandomState`` the layers run one after another and draw their shuffles from it in
+    weightwatcher's order.
+
+    Example:
+        >>> w = np.random.default_rng(0).standard_normal((1, 50, 20))
+        >>> lw = LayerWeights(name="fc", longname="fc", kind="dense", layer_id=1, matrices=w, N=50, M=20)
+        >>> [r.name for r in analyze_layers([lw], rng=np.random.default_rng(0))]
+        ['fc']
+    """
+    opts = AnalysisOptions(randomize, mp_fit, min_evals, max_evals, max_N, n_random)
+    if not layers:
+        return []
+    if isinstance(rng, np.random.RandomState):
+        return [analyze_layer(lw, rng=rng, opts=opts) for lw in layers]
+    children = rng.spawn(len(layers))
+    jobs = n_jobs or _default_jobs()
+    if jobs <= 1 or len(layers) == 1:
+        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, children, strict=True)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(
+            pool.map(lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts), zip(layers, children, strict=True))
+        )
