@@ -188,8 +188,8 @@ def analyze_layers(
     """Analyze every layer; results keep the input order.
 
     With a ``Generator`` each layer gets its own child generator (``rng.spawn``), so results do not depend on
-    threading. With a legacy ``RandomState`` the layers run one after another and draw their shuffles from it in
-    weightwatcher's order.
+    threading. With a legacy ``RandomState`` the layers run one after another and the layers weightwatcher analyzes
+    (``ww_parity``) draw their shuffles from it in weightwatcher's order.
 
     Example:
         >>> w = np.random.default_rng(0).standard_normal((1, 50, 20))
@@ -201,7 +201,10 @@ def analyze_layers(
     if not layers:
         return []
     if isinstance(rng, np.random.RandomState):
-        return [analyze_layer(lw, rng=rng, opts=opts) for lw in layers]
+        # Only layers weightwatcher analyzes the same way draw from the RandomState, in its order; our extra
+        # layers draw from a generator derived from (not drawn from) its state, so the parity layers stay aligned.
+        side = np.random.default_rng(np.asarray(rng.get_state()[1], dtype=np.uint32))
+        return [analyze_layer(lw, rng=rng if lw.ww_parity else side, opts=opts) for lw in layers]
     children = rng.spawn(len(layers))
     jobs = n_jobs or _default_jobs()
     if jobs <= 1 or len(layers) == 1:
