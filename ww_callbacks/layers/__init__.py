@@ -48,14 +48,14 @@ def snapshot(model: Any, *, layers: Any = None, copy: bool = True) -> list[Layer
         and all(isinstance(lw, LayerWeights) for lw in model)
     ):
         found = list(model)
+    elif _is_keras_layer(model):  # before torch: on Keras' torch backend, Keras layers are torch modules too
+        from .keras import snapshot_keras
+
+        found = snapshot_keras(model, copy=copy)
     elif _is_torch_module(model):
         from .torch import snapshot_torch
 
         found = snapshot_torch(model, copy=copy)
-    elif _is_keras_layer(model):
-        from .keras import snapshot_keras
-
-        found = snapshot_keras(model, copy=copy)
     elif isinstance(model, Mapping):
         from .mapping import snapshot_mapping
 

@@ -84,7 +84,10 @@ def _matches(layer: LayerWeights, item: Any) -> bool:
     if isinstance(item, re.Pattern):
         return bool(item.search(layer.longname) or item.search(layer.name))
     if isinstance(item, type):
-        return layer.module_type == item.__name__ or layer.extra.get("module_class") is item
+        cls = layer.extra.get("module_class")
+        if isinstance(cls, type):
+            return issubclass(cls, item)
+        return layer.module_type == item.__name__
     if isinstance(item, bool):
         raise TypeError("layer filters must be names, globs, regexes, kinds, ids or classes, not bool")
     if isinstance(item, int):

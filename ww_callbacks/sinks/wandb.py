@@ -1,0 +1,383 @@
+"""Log spectral reports to Weights & Biases: per-layer scalars, a per-layer table, ESD histograms and plots.
+
+`WandbSink` is what the Lightning and Keras callbacks use when W&B logging is on; it can also be driven by
+hand. ``wandb`` is imported only inside its methods, so this module imports without wandb installed, and no
+W&B error ever stops training: the first one is reported with a warning, later ones go to the log.
+
+Example:
+    >>> import numpy as np, wandb, ww_callbacks                                     # doctest: +SKIP
+    >>> from ww_callbacks.sinks.wandb import WandbSink                                # doctest: +SKIP
+    >>> run = wandb.init(mode="offline")                                              # doctest: +SKIP
+    >>> sink = WandbSink(run, step_metric="epoch")                                    # doctest: +SKIP
+    >>> w = np.random.default_rng(0).normal(size=(128, 64))                           # doctest: +SKIP
+    >>> sink.log_report(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=0, step=0)  # doctest: +SKIP
+    >>> sink.finish()                                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..spectral.report import SpectralReport
+from .history import _to_json_value
+
+log = logging.getLogger(__name__)
+
+#: Default spacing, in epochs, of the ESD plots when ``media_every_n_epochs`` is None.
+DEFAULT_MEDIA_EVERY_N_EPOCHS = 5
+
+#: W&B refuses histograms with more bins than this.
+MAX_HISTOGRAM_BINS = 512
+
+# Metrics whose W&B summary should be the best value rather than the last one.
+_SUMMARY_GOALS = {"alpha": "min", "rand_distance": "max"}
+
+
+def _finite_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _histogram(values: np.ndarray, max_bins: int = MAX_HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """numpy histogram with numpy's "auto" bin count, capped at ``max_bins``."""
+    n_bins = len(np.histogram_bin_edges(values, bins="auto")) - 1
+    return np.histogram(values, bins=int(min(max(n_bins, 1), max_bins)))
+
+
+def _figure_to_image(fig: Any, wandb: Any, caption: str) -> Any:
+    """A ``wandb.Image`` of a matplotlib Figure (rendered to PNG here, so wandb never touches pyplot)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    buffer.seek(0)
+    with Image.open(buffer) as png:
+        image = png.convert("RGBA")
+    return wandb.Image(image, caption=caption)
+
+
+class WandbSink:
+    """Send each `SpectralReport` to a W&B run.
+
+    For every analyzed epoch, one ``run.log`` call carries ``{step_metric: step}`` (so the values line up with
+    the trainer's x-axis) and:
+
+    * per-layer scalars ``{prefix}{layer}/{metric}`` for the summary metrics (``per_layer=True``); non-finite
+      values (a failed fit) are left out;
+    * the summary scalars ``{prefix}{metric}`` only with ``log_summary=True``: the callbacks already send them
+      through the Lightning logger or the Keras ``logs``, and logging them twice would double the points;
+    * ``{prefix}layers``: a ``wandb.Table`` with one row per layer (epoch, step, layer and every `LayerResult`
+      column, status and warning included);
+    * ``{prefix}{layer}/esd``: a ``wandb.Histogram`` of log10 of the layer's positive eigenvalues (at most 512
+      bins);
+    * ``{prefix}{layer}/esd_plot``: a `ww_callbacks.plots.plot_esd` image, on the first analyzed epoch, then
+      whenever at least ``media_every_n_epochs`` epochs (default 5) passed since the last images, and on the
+      last report (``is_last=True``); ``media_every_n_epochs=0`` turns the images off. At most
+      ``max_media_layers`` layers get an image.
+
+    The first report also calls ``run.define_metric``: ``{prefix}*`` against ``step_metric``, and summaries
+    ``min`` for alpha and ``max`` for rand_distance (model-level and per-layer keys). `finish` logs a layer x
+    epoch heatmap of alpha (``{prefix}alpha_heatmap``) and the summary metrics over epochs
+    (``{prefix}summary_plot``). The sink never calls ``run.finish()``: the run belongs to its owner.
+
+    Args:
+        run: a ``wandb`` run, an object with an ``experiment`` run (Lightning's ``WandbLogger``), or None for the
+            active ``wandb.run`` at each call.
+        prefix: key prefix (default ``"ww/"``).
+        per_layer: log per-layer scalars.
+        media_every_n_epochs: spacing of the ESD images in epochs; None means 5; 0 disables them.
+        step_metric: the x-axis key: ``"trainer/global_step"`` for Lightning, ``"epoch"`` for Keras.
+        log_summary: also log the summary scalars.
+        metrics: per-layer metrics to log (default: the report's summary metrics).
+        log_table, log_histograms: turn the table or the histograms off.
+        max_media_layers: the most layers that get an ESD image each time.
+
+    Example:
+        >>> sink = WandbSink(None, step_metric="epoch", media_every_n_epochs=0)
+        >>> sink.prefix, sink.step_metric
+        ('ww/', 'epoch')
+    """
+
+    def __init__(
+        self,
+        run: Any = None,
+        *,
+        prefix: str = "ww/",
+        per_layer: bool = True,
+        media_every_n_epochs: int | None = None,
+        step_metric: str = "trainer/global_step",
+        log_summary: bool = False,
+        metrics: Sequence[str] | None = None,
+        log_table: bool = True,
+        log_histograms: bool = True,
+        max_media_layers: int = 16,
+    ) -> None:
+        if media_every_n_epochs is not None and media_every_n_epochs < 0:
+            raise ValueError(f"media_every_n_epochs must be None or >= 0, got {media_every_n_epochs}")
+        self._run = run
+        self.prefix = prefix
+        self.per_layer = per_layer
+        self.media_every_n_epochs = media_every_n_epochs
+        self.step_metric = step_metric
+        self.log_summary = log_summary
+        self.metrics = None if metrics is None else tuple(metrics)
+        self.log_table = log_table
+        self.log_histograms = log_histograms
+        self.max_media_layers = max_media_layers
+        #: Epochs whose report got ESD images (for inspection).
+        self.media_epochs: list[int] = []
+        self._defined: set[str] = set()
+        self._warned: set[str] = set()
+        self._last_epoch: int | None = None
+        self._last_step = 0
+        self._layer_rows: list[dict[str, Any]] = []
+        self._summaries: list[dict[str, Any]] = []
+        self._finished = False
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
+            log.debug("WandbSink: %s", message)
+            return
+        self._warned.add(key)
+        warnings.warn(f"WandbSink: {message}", RuntimeWarning, stacklevel=3)
+
+    def _import_wandb(self) -> Any:
+        try:
+            import wandb
+        except ImportError:
+            self._warn_once(
+                "import", "wandb is not installed (pip install 'ww-callbacks[wandb]'); nothing is logged"
+            )
+            return None
+        return wandb
+
+    def _resolve_run(self) -> Any:
+        run = self._run
+        if run is None:
+            import wandb
+
+            run = wandb.run
+        elif not hasattr(run, "log") and hasattr(run, "experiment"):
+            run = run.experiment  # Lightning's WandbLogger
+        if run is None:
+            self._warn_once("no-run", "no active W&B run (call wandb.init() first); nothing is logged")
+        return run
+
+    def _define_metrics(self, run: Any, report: SpectralReport) -> None:
+        """define_metric once per key: the x-axis for ``{prefix}*`` and best-value summaries."""
+        wanted: list[tuple[str, dict[str, Any]]] = []
+        if not self._defined:
+            wanted.append((self.step_metric, {}))
+            wanted.append((f"{self.prefix}*", {"step_metric": self.step_metric}))
+            for metric, goal in _SUMMARY_GOALS.items():
+                wanted.append((f"{self.prefix}{metric}", {"step_metric": self.step_metric, "summary": goal}))
+        if self.per_layer:
+            metrics = self._layer_metrics(report)
+            for layer in report.layers:
+                for metric, goal in _SUMMARY_GOALS.items():
+                    if metric in metrics:
+                        key = f"{self.prefix}{layer.longname}/{metric}"
+                        wanted.append((key, {"step_metric": self.step_metric, "summary": goal}))
+        for name, kwargs in wanted:
+            if name not in self._defined:
+                run.define_metric(name, **kwargs)
+                self._defined.add(name)
+
+    def _layer_metrics(self, report: SpectralReport) -> tuple[str, ...]:
+        return self.metrics if self.metrics is not None else tuple(report.summary)
+
+    def _wants_media(self, epoch: int, is_last: bool) -> bool:
+        if self.media_every_n_epochs == 0:
+            return False
+        if not self.media_epochs or is_last:
+            return epoch not in self.media_epochs
+        every = self.media_every_n_epochs or DEFAULT_MEDIA_EVERY_N_EPOCHS
+        return epoch - self.media_epochs[-1] >= every
+
+    # -- payload pieces -------------------------------------------------------------------------------------
+
+    def _scalars(self, report: SpectralReport) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.log_summary:
+            for metric, value in report.summary.items():
+                if (number := _finite_float(value)) is not None:
+                    out[f"{self.prefix}{metric}"] = number
+        if self.per_layer:
+            metrics = self._layer_metrics(report)
+            for layer in report.layers:
+                for metric in metrics:
+                    if (number := _finite_float(getattr(layer, metric, None))) is not None:
+                        out[f"{self.prefix}{layer.longname}/{metric}"] = number
+        return out
+
+    def _table(self, wandb: Any, report: SpectralReport, epoch: int, step: int) -> Any:
+        rows = [layer.to_row() for layer in report.layers]
+        columns = ["epoch", "step", "layer"] + [c for c in rows[0] if c not in ("epoch", "step", "layer")]
+        data = []
+        for layer, row in zip(report.layers, rows, strict=True):
+            values = [epoch, step, layer.longname]
+            for column in columns[3:]:
+                value = row.get(column)
+                # numpy scalars become Python ones; NaN stays NaN (the table shows it as such).
+                plain = _to_json_value(value)
+                values.append(float("nan") if plain is None and isinstance(value, float) else plain)
+            data.append(values)
+        return wandb.Table(columns=columns, data=data)
+
+    def _histograms(self, wandb: Any, report: SpectralReport) -> dict[str, Any]:
+        out = {}
+        for layer in report.layers:
+            if layer.evals is None:
+                continue
+            evals = np.asarray(layer.evals, dtype=np.float64)
+            evals = evals[np.isfinite(evals) & (evals > 0)]
+            if evals.size == 0:
+                continue
+            counts, edges = _histogram(np.log10(evals))
+            out[f"{self.prefix}{layer.longname}/esd"] = wandb.Histogram(np_histogram=(counts, edges))
+        return out
+
+    def _esd_images(self, wandb: Any, report: SpectralReport, epoch: int) -> dict[str, Any]:
+        from ..plots import plot_esd
+
+        out = {}
+        with_evals = [layer for layer in report.layers if layer.evals is not None]
+        for layer in with_evals[: self.max_media_layers]:
+            fig = plot_esd(layer)
+            out[f"{self.prefix}{layer.longname}/esd_plot"] = _figure_to_image(
+                fig, wandb, caption=f"{layer.longname}, epoch {epoch}"
+            )
+        return out
+
+    # -- public API -----------------------------------------------------------------------------------------
+
+    def log_report(self, report: SpectralReport, *, epoch: int, step: int, is_last: bool = False) -> None:
+        """Log one analysis. Never raises: W&B problems become a warning (once) and the rest is skipped.
+
+        Calling it again for the epoch just logged (e.g. with ``is_last=True`` once the callback learns that the
+        run ended) only adds the ESD images if that epoch has none yet.
+
+        Example:
+            >>> import numpy as np, wandb, ww_callbacks                                  # doctest: +SKIP
+            >>> sink = WandbSink(wandb.init(mode="offline"), step_metric="epoch")          # doctest: +SKIP
+            >>> report = ww_callbacks.analyze({"fc.weight": np.ones((30, 20))})            # doctest: +SKIP
+            >>> sink.log_report(report, epoch=0, step=0, is_last=True)                     # doctest: +SKIP
+        """
+        try:
+            self._log_report(report, epoch=int(epoch), step=int(step), is_last=is_last)
+        except Exception as exc:  # logging must never stop training
+            self._warn_once("log", f"could not log the spectral report to W&B ({exc!r}); training continues")
+
+    def _log_report(self, report: SpectralReport, *, epoch: int, step: int, is_last: bool) -> None:
+        wandb = self._import_wandb()
+        if wandb is None:
+            return
+        run = self._resolve_run()
+        if run is None:
+            return
+
+        repeat = self._last_epoch == epoch
+        payload: dict[str, Any] = {self.step_metric: step}
+        if not repeat:
+            self._define_metrics(run, report)
+            payload.update(self._scalars(report))
+            if self.log_table and report.layers:
+                payload[f"{self.prefix}layers"] = self._table(wandb, report, epoch, step)
+            if self.log_histograms:
+                payload.update(self._histograms(wandb, report))
+            for layer in report.layers:
+                self._layer_rows.append(
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        "layer": layer.longname,
+                        "status": layer.status,
+                        "alpha": layer.alpha,
+                    }
+                )
+            self._summaries.append({"epoch": epoch, "step": step, **report.summary})
+        if self._wants_media(epoch, is_last):
+            try:
+                payload.update(self._esd_images(wandb, report, epoch))
+                self.media_epochs.append(epoch)
+            except ImportError as exc:
+                self._warn_once("matplotlib", f"no ESD images: {exc}")
+        self._last_epoch = epoch
+        self._last_step = step
+        if len(payload) > 1:
+            run.log(payload)
+
+    def finish(self, history: Sequence[dict[str, Any]] | None = None) -> None:
+        """Log the end-of-training figures: the alpha heatmap and the summary metrics over epochs.
+
+        Args:
+            history: the callback's per-epoch summaries (dicts with ``epoch``, ``step`` and summary metrics, with
+                or without the prefix); default: the summaries of the reports this sink logged.
+
+        Calling it twice does nothing the second time; it does not finish the W&B run.
+
+        Example:
+            >>> sink = WandbSink(None)
+            >>> sink.finish()  # nothing logged yet: nothing to do
+        """
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._finish(history)
+        except Exception as exc:  # logging must never stop training
+            self._warn_once("finish", f"could not log the end-of-training plots to W&B ({exc!r})")
+
+    def _finish(self, history: Sequence[dict[str, Any]] | None) -> None:
+        summaries = [self._strip_prefix(h) for h in history] if history else list(self._summaries)
+        if not summaries and not self._layer_rows:
+            return
+        wandb = self._import_wandb()
+        if wandb is None:
+            return
+        run = self._resolve_run()
+        if run is None:
+            return
+        try:
+            from ..plots import plot_alpha_heatmap, plot_history
+        except ImportError as exc:
+            self._warn_once("matplotlib", f"no end-of-training plots: {exc}")
+            return
+
+        payload: dict[str, Any] = {self.step_metric: self._last_step}
+        plots: list[tuple[str, str, Callable[[Any], Any], list[dict[str, Any]]]] = []
+        if self._layer_rows:
+            plots.append(("alpha_heatmap", "alpha per layer", plot_alpha_heatmap, self._layer_rows))
+        if summaries:
+            plots.append(("summary_plot", "summary metrics", plot_history, summaries))
+        for key, caption, plot, data in plots:
+            try:
+                fig = plot(data)
+            except ValueError as exc:  # e.g. no finite value to draw: nothing worth an image
+                log.debug("WandbSink: no %s (%s)", key, exc)
+                continue
+            payload[f"{self.prefix}{key}"] = _figure_to_image(fig, wandb, caption=caption)
+        if len(payload) > 1:
+            run.log(payload)
+
+    def _strip_prefix(self, row: dict[str, Any]) -> dict[str, Any]:
+        n = len(self.prefix)
+        return {(k[n:] if self.prefix and k.startswith(self.prefix) else k): v for k, v in row.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"WandbSink(prefix={self.prefix!r}, step_metric={self.step_metric!r}, per_layer={self.per_layer}, "
+            f"media_every_n_epochs={self.media_every_n_epochs}, log_summary={self.log_summary})"
+        )
