@@ -75,7 +75,9 @@ def bert_base() -> nn.Module:
 
 
 def mlp_4096() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+    return nn.Sequential(
+        nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10)
+    )
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=5, help="runs of ours and of the floor (median)")
-    parser.add_argument("--ww-repeats", type=int, default=1, help="runs of weightwatcher (median); 0 skips it")
+    parser.add_argument(
+        "--ww-repeats", type=int, default=1, help="runs of weightwatcher (median); 0 skips it"
+    )
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
 
@@ -174,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{'model':<10} {'layers':>6} {'weightwatcher':>13} {'ours':>8} {'ww/ours':>8} {'floor':>8} "
         f"{'ours/floor':>10} {'ours+mp':>8} {'mp cost':>8} {'peak MiB':>9} {'largest':>8} {'peak/lg':>7}"
     )
-    print(f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs; medians of "
-          f"{args.repeats} runs (weightwatcher: {args.ww_repeats}); times in seconds")
+    print(
+        f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs; medians of "
+        f"{args.repeats} runs (weightwatcher: {args.ww_repeats}); times in seconds"
+    )
     print(header)
     print("-" * len(header))
     for name in args.models:

@@ -30,7 +30,13 @@ def test_report_api():
     rows = report.to_rows()
     assert len(rows) == 3 and rows[0]["name"] == "fc1" and "evals" not in rows[0]
     assert set(report.summary) == {
-        "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank", "rand_distance",
+        "alpha",
+        "alpha_weighted",
+        "log_norm",
+        "log_spectral_norm",
+        "log_alpha_norm",
+        "stable_rank",
+        "rand_distance",
     }
     assert report.num_summarized == 3
     assert report.summary["alpha"] == pytest.approx(np.mean([lr.alpha for lr in report.layers]))
@@ -72,7 +78,9 @@ def _same_rows(rows_a, rows_b):
     def norm(v):
         return "nan" if isinstance(v, float) and math.isnan(v) else v
 
-    return [{k: norm(v) for k, v in r.items()} for r in rows_a] == [{k: norm(v) for k, v in r.items()} for r in rows_b]
+    return [{k: norm(v) for k, v in r.items()} for r in rows_a] == [
+        {k: norm(v) for k, v in r.items()} for r in rows_b
+    ]
 
 
 def test_global_rng_state_untouched():

@@ -24,16 +24,55 @@ from _layers_utils import TORCH_MODELS  # noqa: E402
 pytestmark = pytest.mark.parity
 
 DETERMINISTIC = [
-    "N", "M", "rf", "Q", "num_evals", "sv_max", "sv_min", "rank_loss", "weak_rank_loss", "lambda_max",
-    "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "norm", "log_norm", "spectral_norm",
-    "log_spectral_norm", "alpha_weighted", "log_alpha_norm", "stable_rank", "matrix_rank", "entropy",
+    "N",
+    "M",
+    "rf",
+    "Q",
+    "num_evals",
+    "sv_max",
+    "sv_min",
+    "rank_loss",
+    "weak_rank_loss",
+    "lambda_max",
+    "alpha",
+    "xmin",
+    "xmax",
+    "D",
+    "sigma",
+    "num_pl_spikes",
+    "norm",
+    "log_norm",
+    "spectral_norm",
+    "log_spectral_norm",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "stable_rank",
+    "matrix_rank",
+    "entropy",
 ]
 MP = ["num_spikes", "sigma_mp", "mp_softrank", "W_scale", "bulk_max", "bulk_min"]
 RANDOMIZED = [
-    "max_rand_eval", "rand_distance", "ww_softrank", "ww_maxdist", "rand_num_spikes", "num_traps",
-    "rand_sigma_mp", "rand_mp_softrank", "rand_W_scale", "rand_bulk_max", "rand_bulk_min",
+    "max_rand_eval",
+    "rand_distance",
+    "ww_softrank",
+    "ww_maxdist",
+    "rand_num_spikes",
+    "num_traps",
+    "rand_sigma_mp",
+    "rand_mp_softrank",
+    "rand_W_scale",
+    "rand_bulk_max",
+    "rand_bulk_min",
 ]
-SUMMARY = ["alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank", "mp_softrank"]
+SUMMARY = [
+    "alpha",
+    "alpha_weighted",
+    "log_norm",
+    "log_spectral_norm",
+    "log_alpha_norm",
+    "stable_rank",
+    "mp_softrank",
+]
 
 
 def _ww_analyze(model, seed, **kwargs):
@@ -64,16 +103,26 @@ def _compare(model_name: str, seed: int = 0):
     model = TORCH_MODELS[model_name]()
     details, summary = _ww_analyze(model, seed, randomize=True, mp_fit=True)
     report = ww_callbacks.analyze(model, rng=np.random.RandomState(seed), mp_fit=True)
-    ours = {lr.layer_id: lr for lr in report.layers if lr.ww_parity and lr.status not in ("too-small", "too-large")}
+    ours = {
+        lr.layer_id: lr
+        for lr in report.layers
+        if lr.ww_parity and lr.status not in ("too-small", "too-large")
+    }
     theirs = {int(row["layer_id"]): row for _, row in details.iterrows()}
-    tied = {name for lr in report.layers for name in ww_callbacks.snapshot(model, layers=[lr.longname])[0].extra.get("tied", [])}
+    tied = {
+        name
+        for lr in report.layers
+        for name in ww_callbacks.snapshot(model, layers=[lr.longname])[0].extra.get("tied", [])
+    }
     missing = {lid for lid, row in theirs.items() if lid not in ours and row["longname"] not in tied}
     assert not missing, f"weightwatcher analyzed layers we did not: {missing}"
     assert set(ours) <= set(theirs), f"we analyzed layers weightwatcher skipped: {set(ours) - set(theirs)}"
     mismatches = []
     for lid, lr in ours.items():
         row = theirs[lid]
-        assert lr.name == row["name"] and lr.longname == row["longname"] and lr.layer_type == row["layer_type"]
+        assert (
+            lr.name == row["name"] and lr.longname == row["longname"] and lr.layer_type == row["layer_type"]
+        )
         if lr.status == "failed":
             assert row["alpha"] == -1 and row["status"] == "failed"
             columns = ["N", "M", "rf", "Q", "norm", "log_norm", "log_spectral_norm", *RANDOMIZED]
@@ -88,7 +137,10 @@ def _compare(model_name: str, seed: int = 0):
     return report, summary
 
 
-@pytest.mark.parametrize("model_name", ["mlp", "cnn", "embedding", "gpt2", "small_linear", "attention", "narrow_linear", "huge_linear"])
+@pytest.mark.parametrize(
+    "model_name",
+    ["mlp", "cnn", "embedding", "gpt2", "small_linear", "attention", "narrow_linear", "huge_linear"],
+)
 def test_every_column_matches_weightwatcher(model_name):
     _compare(model_name, seed=3)
 
@@ -99,7 +151,9 @@ def test_summary_matches_weightwatcher_when_every_fit_succeeds():
     for key in SUMMARY:
         assert _close(report.summary[key], summary[key]), key
     # the mean rand_distance over layers, which weightwatcher's summary leaves out
-    assert report.summary["rand_distance"] == pytest.approx(np.mean([lr.rand_distance for lr in report.layers]))
+    assert report.summary["rand_distance"] == pytest.approx(
+        np.mean([lr.rand_distance for lr in report.layers])
+    )
 
 
 def test_trained_mlp_matches_weightwatcher():

@@ -24,9 +24,7 @@ def _spectra():
     out = {
         "pareto-3000": rng.pareto(1.5, 3000) + 1.0,  # large: the bounded scan prunes candidates
         "pareto-800": (rng.pareto(2.5, 800) + 1.0) * 0.01,
-        "student-t-gram": np.linalg.eigvalsh(
-            (lambda w: w.T @ w)(rng.standard_t(2.5, size=(600, 300)))
-        ),
+        "student-t-gram": np.linalg.eigvalsh((lambda w: w.T @ w)(rng.standard_t(2.5, size=(600, 300)))),
         "gaussian-gram": np.linalg.eigvalsh((lambda w: w.T @ w)(rng.standard_normal((1200, 700)))),
         "ties": np.repeat(rng.pareto(2.0, 150) + 1.0, 3),  # duplicates are candidates too
         "n=19": rng.pareto(2.0, 19) + 1.0,

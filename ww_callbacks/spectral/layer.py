@@ -203,7 +203,9 @@ def analyze_layers(
     if isinstance(rng, np.random.RandomState):
         # Only layers weightwatcher analyzes the same way draw from the RandomState, in its order; our extra
         # layers draw from a generator derived from (not drawn from) its state, so the parity layers stay aligned.
-        side = np.random.default_rng(np.asarray(rng.get_state(legacy=True)[1], dtype=np.uint32))
+        state = rng.get_state(legacy=True)
+        assert isinstance(state, tuple)
+        side = np.random.default_rng(np.asarray(state[1], dtype=np.uint32))
         return [analyze_layer(lw, rng=rng if lw.ww_parity else side, opts=opts) for lw in layers]
     children = rng.spawn(len(layers))
     jobs = n_jobs or _default_jobs()
@@ -211,5 +213,8 @@ def analyze_layers(
         return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, children, strict=True)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(
-            pool.map(lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts), zip(layers, children, strict=True))
+            pool.map(
+                lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts),
+                zip(layers, children, strict=True),
+            )
         )
