@@ -26,6 +26,14 @@ def is_torch_tensor(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
+def on_host_as_numpy(stack: Any) -> Any:
+    """A CPU torch tensor as a numpy view (numpy's LAPACK path is faster than torch's on the CPU, most of all for
+    the small matrices of typical layers); tensors on an accelerator stay where they are."""
+    if is_torch_tensor(stack) and stack.device.type == "cpu":
+        return stack.detach().numpy()
+    return stack
+
+
 def all_finite(stack: Any) -> bool:
     """True when every entry of the stack is finite (NaN/Inf weights are reported, not analyzed)."""
     if is_torch_tensor(stack):

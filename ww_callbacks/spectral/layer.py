@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -118,6 +119,7 @@ def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> Layer
         res.status, res.reason = size
         return res
     try:
+        lw = dataclasses.replace(lw, matrices=esd.on_host_as_numpy(lw.matrices))
         _fill(res, lw, rng, opts)
     except Exception as exc:  # analysis must never take training down
         log.warning("analysis of layer %s failed: %r", lw.longname, exc)

@@ -58,16 +58,22 @@ def linear_kde(data: np.ndarray, grid: np.ndarray, bandwidth: float = BANDWIDTH)
     data = np.asarray(data, dtype=np.float64)
     step = float(grid[1] - grid[0])
     reach = int(math.ceil(bandwidth / step)) + 1
-    base = np.floor(data / step).astype(np.intp)
-    dens = np.zeros(grid.size)
-    for offset in range(-reach, reach + 1):
-        idx = base + offset
-        ok = (idx >= 0) & (idx < grid.size)
-        idx = idx[ok]
-        w = 1.0 - np.abs(grid[idx] - data[ok]) / bandwidth
-        pos = w > 0
-        dens += np.bincount(idx[pos], weights=w[pos], minlength=grid.size)
+    # every (offset, point) pair at once: grid index and kernel weight, then one weighted bincount
+    idx = np.floor(data / step).astype(np.intp)[None, :] + np.arange(-reach, reach + 1)[:, None]
+    ok = (idx >= 0) & (idx < grid.size)
+    idx = idx[ok]
+    w = 1.0 - np.abs(grid[idx] - np.broadcast_to(data, ok.shape)[ok]) / bandwidth
+    pos = w > 0
+    dens = np.bincount(idx[pos], weights=w[pos], minlength=grid.size)
     return dens / (data.size * bandwidth)
+
+
+def _nan_to_num(x: np.ndarray) -> np.ndarray:
+    """`numpy.nan_to_num` in place, paying for it only where something is not finite (the objective's hot path)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x[bad] = np.nan_to_num(x[bad])
+    return x
 
 
 class _Objective:
@@ -91,7 +97,7 @@ class _Objective:
         t = self.t[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.quarter_circle:
-                rho = np.nan_to_num((1.0 / (np.pi * s * s)) * np.sqrt(4.0 - t**2))
+                rho = _nan_to_num((1.0 / (np.pi * s * s)) * np.sqrt(4.0 - t**2))
                 return np.sum((rho - self.y) ** 2, axis=1)
             inv = np.sqrt(1.0 / self.Q)  # weightwatcher's spelling here (1/sqrt(Q) below): same rounding
             a = (s * (1.0 - inv)) ** 2
