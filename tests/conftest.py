@@ -14,3 +14,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Tiny models train faster on one thread, and DDP tests run two processes on two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
