@@ -41,8 +41,14 @@ def tests(session: nox.Session) -> None:
     Keras fixes its backend per process, so the Keras-marked tests run once more for torch and JAX.
     """
     _install_test(session)
-    session.run("pytest", "--doctest-modules", "ww_callbacks", "tests", *session.posargs,
-                env={"KERAS_BACKEND": "tensorflow"})
+    session.run(
+        "pytest",
+        "--doctest-modules",
+        "ww_callbacks",
+        "tests",
+        *session.posargs,
+        env={"KERAS_BACKEND": "tensorflow"},
+    )
     for backend in KERAS_BACKENDS[1:]:
         session.run("pytest", "-m", "keras", "tests", *session.posargs, env={"KERAS_BACKEND": backend})
 
@@ -51,8 +57,15 @@ def tests(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """The framework-free core only: numpy, scipy and pytest."""
     session.install("-e", ".", "pytest>=8", "pandas")
-    session.run("pytest", "tests/test_powerlaw.py", "tests/test_analyze.py", "tests/test_stopping.py",
-                "-k", "not weightwatcher", *session.posargs)
+    session.run(
+        "pytest",
+        "tests/test_powerlaw.py",
+        "tests/test_analyze.py",
+        "tests/test_stopping.py",
+        "-k",
+        "not weightwatcher",
+        *session.posargs,
+    )
 
 
 @nox.session

@@ -31,6 +31,7 @@ def analyze(
     seed: int | None = None,
     rng: RandomSource | None = None,
     n_random: int = 1,
+    traps: bool = True,
     n_jobs: int | None = None,
 ) -> SpectralReport:
     """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
@@ -51,7 +52,11 @@ def analyze(
             drawn in weightwatcher's order so that a ``RandomState`` seeded like weightwatcher's global state
             gives its randomized columns exactly. The global RNGs are never touched.
         n_random: number of shuffles averaged into ``rand_distance`` (its std is ``rand_distance_std``).
-        n_jobs: threads over layers (default: up to 2; 1 disables threading).
+        traps: with ``randomize``, also look for correlation traps as weightwatcher does: pool 5 shuffles for
+            layers with fewer than 100 eigenvalues (``max_rand_eval``) and fit the MP bulk of the shuffled ESD
+            (``rand_num_spikes``/``num_traps``, ``rand_*``). ``False`` skips that (about half the cost of
+            randomizing; the callbacks' default) and leaves those columns NaN.
+        n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them).
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -63,7 +68,8 @@ def analyze(
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1, got {n_random}")
     start = time.perf_counter()
-    found: Sequence[LayerWeights] = snapshot(model, layers=layers)
+    # No copy: the analysis runs now and never writes into the weights.
+    found: Sequence[LayerWeights] = snapshot(model, layers=layers, copy=False)
     if not found:
         warnings.warn(
             f"no analyzable layer found in {type(model).__name__} (looked for dense, conv1d, conv2d and "
@@ -82,6 +88,7 @@ def analyze(
         max_N=max_N,
         rng=rng,
         n_random=n_random,
+        traps=traps,
         n_jobs=n_jobs,
     )
     options = {
@@ -91,6 +98,7 @@ def analyze(
         "max_evals": max_evals,
         "max_N": max_N,
         "n_random": n_random,
+        "traps": traps,
     }
     report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=options)
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)

@@ -309,6 +309,9 @@ def owned(result: Any, source: Any, copy: bool) -> Any:
         return result
     if is_torch_tensor(result):
         if is_torch_tensor(source) and _shares_torch_storage(result, source):
+            if result.device.type == "cpu":
+                # a plain memcpy: torch's clone wakes its thread pool, which costs milliseconds between epochs
+                return sys.modules["torch"].from_numpy(result.detach().numpy().copy())
             return result.clone()
         return result
     if isinstance(source, np.ndarray) and np.may_share_memory(result, source):

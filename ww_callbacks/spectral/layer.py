@@ -45,6 +45,7 @@ class AnalysisOptions:
     max_evals: int = 15000
     max_N: int = 50000
     n_random: int = 1
+    traps: bool = True
 
 
 def _size_status(lw: LayerWeights, opts: AnalysisOptions) -> tuple[str, str] | None:
@@ -71,15 +72,18 @@ def _pooled(slice_evals: np.ndarray, draws: int) -> np.ndarray:
     return np.sort(slice_evals.reshape(draws, -1), axis=1)
 
 
-def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffled ESDs: (replicas pooled for max_rand_eval/MP, ``(n_random, n)`` ESDs for the distance)."""
-    replicas = REPLICAS_FEW_EVALS if lw.num_evals < FEW_EVALS else 1
+def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.ndarray | None, np.ndarray]:
+    """Shuffled ESDs: (replicas pooled for max_rand_eval and the trap count, or None without ``traps``;
+    ``(n_random, n)`` ESDs for the distance)."""
+    replicas = (REPLICAS_FEW_EVALS if lw.num_evals < FEW_EVALS else 1) if opts.traps else 0
     if isinstance(rng, np.random.RandomState):
         # weightwatcher's order: the replicas first, then a fresh draw for the distance
-        first = esd.shuffled_copies_legacy(lw.matrices, rng, replicas)
+        rep = None
+        if replicas:
+            first = esd.shuffled_copies_legacy(lw.matrices, rng, replicas)
+            rep = esd.slice_eigenvalues(esd.to_float64(first, lw.scale))
+            del first
         second = esd.shuffled_copies_legacy(lw.matrices, rng, opts.n_random)
-        rep = esd.slice_eigenvalues(esd.to_float64(first, lw.scale))
-        del first
         dist = _pooled(esd.slice_eigenvalues(esd.to_float64(second, lw.scale)), opts.n_random)
     else:
         # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
@@ -88,9 +92,9 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         copies = esd.shuffled_copies(lw.matrices, rng, draws)
         evals = esd.slice_eigenvalues(esd.to_float64(copies, lw.scale))
         del copies
-        rep = evals[: replicas * lw.matrices.shape[0]]
+        rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
         dist = _pooled(evals, draws)[: opts.n_random]
-    return np.sort(rep.ravel()), dist
+    return (None if rep is None else np.sort(rep.ravel())), dist
 
 
 def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> LayerResult:
@@ -152,23 +156,44 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
         setattr(res, key, value)
     if opts.randomize:
         rand_evals, dist_evals = _random_esds(lw, rng, opts)
-        res.rand_evals = rand_evals
-        res.max_rand_eval = float(rand_evals[-1])
         distances = [jensen_shannon_distance(evals, d) for d in dist_evals]
         res.rand_distance = float(np.mean(distances))
         res.rand_distance_std = float(np.std(distances, ddof=1)) if len(distances) > 1 else float("nan")
         rand_max = float(np.mean(dist_evals[:, -1]))
         res.ww_softrank = rand_max / float(evals[-1])
         res.ww_maxdist = float(evals[-1]) - rand_max
-        mp = fit_marchenko_pastur(rand_evals, N=lw.N, M=lw.M)
-        res.rand_num_spikes = res.num_traps = mp.num_spikes if not mp.reason else float("nan")
-        res.rand_sigma_mp, res.rand_mp_softrank, res.rand_W_scale = mp.sigma_mp, mp.mp_softrank, mp.W_scale
-        res.rand_bulk_max, res.rand_bulk_min = mp.bulk_max, mp.bulk_min
+        res.rand_evals = dist_evals[0] if rand_evals is None else rand_evals
+        if rand_evals is not None:
+            res.max_rand_eval = float(rand_evals[-1])
+            mp = fit_marchenko_pastur(rand_evals, N=lw.N, M=lw.M)
+            res.rand_num_spikes = res.num_traps = mp.num_spikes if not mp.reason else float("nan")
+            res.rand_sigma_mp, res.rand_mp_softrank, res.rand_W_scale = (
+                mp.sigma_mp,
+                mp.mp_softrank,
+                mp.W_scale,
+            )
+            res.rand_bulk_max, res.rand_bulk_min = mp.bulk_max, mp.bulk_min
     if opts.mp_fit:
         mp = fit_marchenko_pastur(evals, N=lw.N, M=lw.M)
         res.num_spikes = mp.num_spikes if not mp.reason else float("nan")
         res.sigma_mp, res.mp_softrank, res.W_scale = mp.sigma_mp, mp.mp_softrank, mp.W_scale
         res.bulk_max, res.bulk_min = mp.bulk_max, mp.bulk_min
+
+
+#: Below this much work (weight entries times passes) starting threads costs more than it saves.
+_THREADING_MIN_WORK = 250_000
+
+
+def _work(layers: Sequence[LayerWeights], opts: AnalysisOptions) -> int:
+    """Rough cost of an analysis: entries of every layer times the number of eigenvalue passes over them."""
+    total = 0
+    for lw in layers:
+        passes = 1
+        if opts.randomize:
+            replicas = REPLICAS_FEW_EVALS if opts.traps and lw.num_evals < FEW_EVALS else 1
+            passes += max(replicas, opts.n_random) + (1 if opts.traps else 0)
+        total += int(np.prod(lw.matrices.shape)) * (passes + (1 if opts.mp_fit else 0))
+    return total
 
 
 def _default_jobs() -> int:
@@ -185,6 +210,7 @@ def analyze_layers(
     max_evals: int = 15000,
     max_N: int = 50000,
     n_random: int = 1,
+    traps: bool = True,
     n_jobs: int | None = None,
 ) -> list[LayerResult]:
     """Analyze every layer; results keep the input order.
@@ -199,7 +225,7 @@ def analyze_layers(
         >>> [r.name for r in analyze_layers([lw], rng=np.random.default_rng(0))]
         ['fc']
     """
-    opts = AnalysisOptions(randomize, mp_fit, min_evals, max_evals, max_N, n_random)
+    opts = AnalysisOptions(randomize, mp_fit, min_evals, max_evals, max_N, n_random, traps)
     if not layers:
         return []
     if isinstance(rng, np.random.RandomState):
@@ -210,7 +236,7 @@ def analyze_layers(
         side = np.random.default_rng(np.asarray(state[1], dtype=np.uint32))
         return [analyze_layer(lw, rng=rng if lw.ww_parity else side, opts=opts) for lw in layers]
     children = rng.spawn(len(layers))
-    jobs = n_jobs or _default_jobs()
+    jobs = n_jobs or (_default_jobs() if _work(layers, opts) >= _THREADING_MIN_WORK else 1)
     if jobs <= 1 or len(layers) == 1:
         return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, children, strict=True)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:

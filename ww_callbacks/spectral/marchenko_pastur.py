@@ -90,28 +90,34 @@ class _Objective:
         self.t_peak = float(self.t[np.argmax(self.y)])
         self.t_last = float(self.t.max())
         self.penalty = _PENALTY**2 * self.t.size
+        self._t_row = self.t[None, :]
 
     def values(self, sigmas: np.ndarray) -> np.ndarray:
-        """Objective for an array of sigmas, vectorized over the grid search."""
-        s = np.asarray(sigmas, dtype=np.float64).reshape(-1, 1)
-        t = self.t[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if self.quarter_circle:
-                rho = _nan_to_num((1.0 / (np.pi * s * s)) * np.sqrt(4.0 - t**2))
-                return np.sum((rho - self.y) ** 2, axis=1)
-            inv = np.sqrt(1.0 / self.Q)  # weightwatcher's spelling here (1/sqrt(Q) below): same rounding
-            a = (s * (1.0 - inv)) ** 2
-            b = (s * (1.0 + inv)) ** 2
-            rho = np.nan_to_num(
-                (1.0 / (2.0 * np.pi * s * s * t * (1.0 / self.Q))) * np.sqrt((b - t) * (t - a))
-            )
-        out = np.sum((rho - self.y) ** 2, axis=1)
-        bad = (b[:, 0] < self.t_peak) | (b[:, 0] > self.t_last) | (a[:, 0] > self.t_peak)
-        out[bad] = self.penalty
-        return out
+        """Objective for an array of sigmas (the grid search), one row per sigma. Call under `np.errstate`."""
+        return self._evaluate(np.asarray(sigmas, dtype=np.float64).reshape(-1, 1), self._t_row)
 
     def __call__(self, sigma: np.ndarray | float) -> float:
-        return float(self.values(np.atleast_1d(sigma)[:1])[0])
+        """Objective for one sigma (the Nelder-Mead polish calls this). Call under `np.errstate`."""
+        s = sigma[0] if isinstance(sigma, np.ndarray) else sigma
+        return float(self._evaluate(np.array([[s]], dtype=np.float64), self._t_row)[0])
+
+    def _evaluate(self, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+        # same operations, in the same order, as weightwatcher's residual, so the search takes the same path
+        if self.quarter_circle:
+            rho = _nan_to_num((1.0 / (np.pi * s * s)) * np.sqrt(4.0 - t**2))
+            return np.sum((rho - self.y) ** 2, axis=1)
+        inv = np.sqrt(1.0 / self.Q)  # weightwatcher's spelling here (1/sqrt(Q) for the edges): same rounding
+        a = (s * (1.0 - inv)) ** 2
+        b = (s * (1.0 + inv)) ** 2
+        # sigmas whose MP edges miss the data's peak or support get the flat penalty: skip their density
+        bad = (b[:, 0] < self.t_peak) | (b[:, 0] > self.t_last) | (a[:, 0] > self.t_peak)
+        out = np.full(s.shape[0], self.penalty)
+        good = ~bad
+        if good.any():
+            s, a, b = s[good], a[good], b[good]
+            rho = _nan_to_num((1.0 / (2.0 * np.pi * s * s * t * (1.0 / self.Q))) * np.sqrt((b - t) * (t - a)))
+            out[good] = np.sum((rho - self.y) ** 2, axis=1)
+        return out
 
 
 def fit_marchenko_pastur(evals: np.ndarray, *, N: int, M: int) -> MPFit:
@@ -143,8 +149,10 @@ def fit_marchenko_pastur(evals: np.ndarray, *, N: int, M: int) -> MPFit:
         objective = _Objective(data, Q)
         s0 = math.sqrt(lam_max / (1.0 + 1.0 / math.sqrt(Q)) ** 2)
         grid = np.mgrid[slice(0.05 * s0, 2.0 * s0, 0.01 * s0)]
-        start = grid[int(np.argmin(objective.values(grid)))]
-        sigma = float(optimize.fmin(objective, start, full_output=True, disp=False)[0][0])
+        # out-of-support points give NaN/inf that the objective maps like numpy.nan_to_num: silence them once
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            start = grid[int(np.argmin(objective.values(grid)))]
+            sigma = float(optimize.fmin(objective, start, full_output=True, disp=False)[0][0])
         inv = 1.0 / math.sqrt(Q)
         bulk_max = (sigma * (1.0 + inv)) ** 2
         bulk_min = (sigma * (1.0 - inv)) ** 2

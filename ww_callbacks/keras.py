@@ -1,0 +1,320 @@
+"""Keras 3 callback: WeightWatcher metrics in ``logs`` on every backend, with data-free early stopping.
+
+Example::
+
+    import keras
+    from ww_callbacks.keras import WeightWatcherCallback
+    from ww_callbacks.stopping import AlphaBelow
+
+    model.fit(x, y, epochs=20, callbacks=[
+        WeightWatcherCallback(metrics=("alpha", "rand_distance"), early_stopping=AlphaBelow(2.0),
+                              restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor="ww/rand_distance", mode="max", patience=3),
+        keras.callbacks.CSVLogger("log.csv"),
+    ])
+
+Importing this module imports keras (and so the configured backend); importing ``ww_callbacks`` does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+
+from ._monitor import SpectralMonitor
+from .spectral.report import STATUS_NON_FINITE, SpectralReport
+from .stopping import StoppingRule
+
+__all__ = ["WeightWatcherCallback"]
+
+log = logging.getLogger(__name__)
+
+_NAN = float("nan")
+
+
+class WeightWatcherCallback(keras.callbacks.Callback):
+    """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
+
+    When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
+    ``{prefix}{metric}`` (and ``{prefix}{layer}/{metric}`` with ``per_layer=True``) into the epoch's ``logs``.
+    Every ``every_n_epochs``-th epoch (epochs ``n-1, 2n-1, ...``, as in the Lightning callback) and at the first
+    epoch of each ``fit``, it copies the weights of the analyzable layers (Dense, Conv1D, Conv2D, Embedding,
+    EinsumDense and MultiHeadAttention projections, inside nested models and custom layers too) through Keras,
+    so any backend works (TensorFlow, torch, JAX), and runs `ww_callbacks.analyze` on them; on the other epochs
+    the values are NaN, so that every epoch has the same keys (``CSVLogger`` fixes its columns at the first
+    epoch). A summary value is also NaN when no layer's power-law fit succeeded.
+
+    Put it **before** the callbacks that read those keys: Keras calls callbacks in list order with one shared
+    ``logs`` dict, so ``History``, ``CSVLogger``, ``TensorBoard``, ``EarlyStopping``, ``ModelCheckpoint``,
+    ``ReduceLROnPlateau`` and W&B's ``WandbMetricsLogger`` placed after it all see the values. Those Keras
+    callbacks take the first value they see as their best, even a NaN one, which would then never be beaten:
+    that is why the first epoch is always analyzed. A NaN epoch never improves on the best but does count
+    towards their ``patience``: with ``every_n_epochs=n``, give them a patience of at least ``n`` epochs.
+
+    Early stopping: the ``early_stopping`` rule (`ww_callbacks.stopping`) sees every report; when it says stop,
+    the callback sets ``model.stop_training``, records ``stopped_epoch`` and ``stop_reason`` and logs the reason
+    (logger ``ww_callbacks.keras``). With ``restore_best_weights=True``, it keeps the weights
+    (``model.get_weights()``) of the analyzed epoch with the best value of the rule's metric (the rule's
+    ``monitor``, ``mode`` and ``is_better``: for ``AlphaBelow``, the lowest mean alpha still at or above the
+    threshold; never an epoch with NaN/Inf weights) and restores them when training ends, stopped or not, as
+    Keras' ``EarlyStopping`` does.
+
+    Distribution: under ``tf.distribute.MirroredStrategy`` Keras calls callbacks once per epoch, so the
+    analysis runs once, on the mirrored values.
+
+    Args:
+        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``.
+        metrics: summary metrics to write (weightwatcher column names, `ww_callbacks.SUMMARY_METRICS`);
+            default alpha, alpha_weighted, log_spectral_norm and rand_distance.
+        per_layer: also write each layer's metrics as ``{prefix}{layer path}/{metric}``.
+        prefix: prefix of the keys.
+        early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
+        restore_best_weights: restore the weights of the best analyzed epoch at the end of training (needs a
+            rule that monitors a metric).
+        layers: only these layers (names, globs, kinds like ``"dense"``, ids; ``"-name"`` excludes).
+        randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
+        seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``); None draws
+            one from OS entropy.
+        history_path: write every report to this JSON-lines file (`ww_callbacks.load_history` reads it); None:
+            no file.
+        log_wandb: send each report (per-layer scalars, table, ESD histograms and plots) to the active
+            ``wandb.run`` if wandb is already imported; wandb is never imported for this otherwise. The summary
+            keys reach W&B through ``logs`` (add ``WandbMetricsLogger`` after this callback); the W&B step is the
+            epoch.
+        wandb_init_kwargs: start a W&B run with these ``wandb.init`` arguments when there is none (finished at the
+            end of ``fit``; summaries are then logged by the callback itself).
+        media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
+        analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
+        verbose: log (INFO) each analysis' summary, not only the stop and the restore.
+
+    Attributes:
+        last_report: the latest `ww_callbacks.SpectralReport` (None before the first analysis).
+        history: one dict per analyzed epoch (``epoch``, ``step`` (= epoch), summary metrics,
+            ``num_summarized`` ...).
+        stopped_epoch: the epoch at which the rule stopped training, or None.
+        stop_reason: why ("" if it did not stop).
+        best_epoch: with ``restore_best_weights``, the analyzed epoch whose weights are kept (None if none).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from ww_callbacks.keras import WeightWatcherCallback
+        >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64), keras.layers.Dense(16)])
+        >>> model.compile("sgd", "mse")
+        >>> ww = WeightWatcherCallback(metrics=("alpha",), seed=0)
+        >>> x, y = np.ones((8, 32), "float32"), np.zeros((8, 16), "float32")
+        >>> h = model.fit(x, y, epochs=2, verbose=0, callbacks=[ww])
+        >>> len(h.history["ww/alpha"]), len(ww.history)
+        (2, 2)
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        metrics: Sequence[str] | None = None,
+        per_layer: bool = False,
+        prefix: str = "ww/",
+        early_stopping: StoppingRule | None = None,
+        *,
+        restore_best_weights: bool = False,
+        layers: Any = None,
+        randomize: bool = True,
+        mp_fit: bool = False,
+        n_random: int = 1,
+        seed: int | None = None,
+        history_path: str | os.PathLike[str] | None = None,
+        log_wandb: bool = True,
+        wandb_init_kwargs: Mapping[str, Any] | None = None,
+        media_every_n_epochs: int | None = None,
+        analyze_kwargs: Mapping[str, Any] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        self.monitor = SpectralMonitor(
+            every_n_epochs=every_n_epochs,
+            metrics=metrics,
+            per_layer=per_layer,
+            prefix=prefix,
+            layers=layers,
+            randomize=randomize,
+            mp_fit=mp_fit,
+            seed=seed,
+            n_random=n_random,
+            early_stopping=early_stopping,
+            analyze_kwargs=analyze_kwargs,
+            history_path=history_path,
+            log_wandb=log_wandb,
+            wandb_init_kwargs=wandb_init_kwargs,
+            media_every_n_epochs=media_every_n_epochs,
+        )
+        if restore_best_weights and (early_stopping is None or early_stopping.monitor is None):
+            raise ValueError(
+                "restore_best_weights=True needs an early_stopping rule that monitors a metric "
+                "(AlphaBelow, Plateau, or AnyOf/AllOf of them)"
+            )
+        self.restore_best_weights = bool(restore_best_weights)
+        self.verbose = bool(verbose)
+        self.best_epoch: int | None = None
+        self.best_weights: list[Any] | None = None
+        self._best_value: float | None = None
+        self._keys: list[str] = []
+        self._resumed = False
+        self._first_epoch_pending = True
+
+    # ------------------------------------------------------------------ public views of the monitor
+    @property
+    def early_stopping(self) -> StoppingRule | None:
+        return self.monitor.early_stopping
+
+    @property
+    def last_report(self) -> SpectralReport | None:
+        return self.monitor.last_report
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.monitor.history
+
+    @property
+    def stopped_epoch(self) -> int | None:
+        return self.monitor.stopped_epoch
+
+    @property
+    def stop_reason(self) -> str:
+        return self.monitor.stop_reason
+
+    @property
+    def seed(self) -> int:
+        return self.monitor.seed
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, rule state, seed, stop and best epoch as plain Python values (the best weights are not kept).
+
+        Example:
+            >>> sorted(WeightWatcherCallback(seed=0).state_dict())[:3]
+            ['best_epoch', 'best_value', 'history']
+        """
+        return {**self.monitor.state_dict(), "best_epoch": self.best_epoch, "best_value": self._best_value}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict`; the next ``fit`` then continues that history and patience instead of resetting.
+
+        Example:
+            >>> ww = WeightWatcherCallback()
+            >>> ww.load_state_dict(WeightWatcherCallback(seed=5).state_dict()); ww.seed
+            5
+        """
+        self.monitor.load_state_dict(state)
+        best_epoch, best_value = state.get("best_epoch"), state.get("best_value")
+        self.best_epoch = None if best_epoch is None else int(best_epoch)
+        self._best_value = None if best_value is None else float(best_value)
+        self.best_weights = None
+        self._resumed = True
+
+    # ------------------------------------------------------------------ Keras hooks
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if not self._resumed:
+            # Like Keras' EarlyStopping: an instance reused for another fit starts afresh.
+            self.monitor.reset()
+            self.best_epoch, self._best_value = None, None
+        self._resumed = False
+        self.best_weights = None
+        self._keys = self._fixed_keys()
+        self._first_epoch_pending = True
+        self._open_sinks()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        epoch = int(epoch)
+        values: dict[str, float] = {}
+        # The first epoch of fit too: Keras' monitoring callbacks would otherwise start from a NaN "best".
+        if self.monitor.should_run(epoch) or self._first_epoch_pending:
+            values = self._analyze(epoch)
+        self._first_epoch_pending = False
+        if logs is None:
+            return
+        for key in self._keys:
+            logs[key] = values.get(key, _NAN)
+        for key, value in values.items():  # layers that appeared after train begin
+            logs.setdefault(key, value)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        try:
+            if self.restore_best_weights and self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+                log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
+            elif self.restore_best_weights and self.monitor.history:
+                self.monitor._warn(
+                    f"restore_best_weights: no analyzed epoch qualified as best for {self.early_stopping!r}; "
+                    "the weights of the last epoch are kept"
+                )
+        finally:
+            self.monitor.close_sinks()
+
+    # ------------------------------------------------------------------ the work
+    def _analyze(self, epoch: int) -> dict[str, float]:
+        report = self.monitor.analyze(self.model, epoch=epoch)  # None (warned) if it failed
+        epochs = (self.params or {}).get("epochs")
+        is_last = epochs is not None and epoch + 1 >= int(epochs)
+        # Keras has no global step in its callbacks: the epoch is the step (also W&B's x-axis).
+        result = self.monitor.process(report, epoch=epoch, step=epoch, is_last=is_last)
+        if result.report is None:
+            return {}
+        if self.verbose:
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k.count("/") <= 1)
+            log.info("WeightWatcherCallback epoch %d: %s", epoch, summary)
+        if self.restore_best_weights:
+            self._track_best(result.report, epoch)
+        if result.stop and result.decision is not None:
+            self.model.stop_training = True
+            self.monitor.record_stop(epoch, result.decision.reason)
+            log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
+        return result.metrics
+
+    def _track_best(self, report: SpectralReport, epoch: int) -> None:
+        rule = self.monitor.early_stopping
+        if rule is None or rule.monitor is None:
+            return
+        if any(layer.status == STATUS_NON_FINITE for layer in report.layers):
+            return  # NaN/Inf weights are never worth restoring, whatever the other layers' summary says
+        current = float(report.summary.get(rule.monitor, _NAN))
+        if not rule.is_better(current, self._best_value):
+            return
+        try:
+            weights = self.model.get_weights()
+        except Exception as exc:  # never stop training for the restore feature
+            self.monitor._warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
+            return
+        self._best_value, self.best_epoch, self.best_weights = current, epoch, weights
+
+    def _fixed_keys(self) -> list[str]:
+        """Keys written every epoch: the summary metrics, and each layer's when ``per_layer``."""
+        prefix, metrics = self.monitor.prefix, self.monitor.metrics
+        keys = [f"{prefix}{metric}" for metric in metrics]
+        if self.monitor.per_layer and self.model is not None:
+            layers = self.monitor.snapshot(self.model) or []
+            keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in metrics]
+        return keys
+
+    def _open_sinks(self) -> None:
+        self.monitor.close_sinks()  # a previous fit that raised never reached on_train_end
+        run = None
+        try:
+            run = self.monitor.resolve_wandb_run()
+        except Exception as exc:
+            self.monitor._warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
+        options: dict[str, Any] = {"step_metric": "epoch"}
+        if run is not None and run is self.monitor._owned_wandb_run:
+            # Our own run: nobody else logs the summaries to it.
+            options.update(log_summary=True, per_layer=True)
+        else:
+            # The user's run: ``logs`` reach it through WandbMetricsLogger (per-layer keys too with per_layer).
+            options.update(log_summary=False, per_layer=not self.monitor.per_layer)
+        history_path = self.monitor.history_path
+        self.monitor.open_sinks(
+            history_path=None if history_path is None else os.fspath(history_path), wandb_run=run, **options
+        )
+
+    def __repr__(self) -> str:
+        return f"WeightWatcherCallback({self.monitor!r}, restore_best_weights={self.restore_best_weights})"

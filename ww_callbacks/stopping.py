@@ -1,0 +1,454 @@
+"""Data-free early-stopping rules: pure, framework-free logic shared by the Lightning and Keras callbacks.
+
+A rule sees one `SpectralReport` per analyzed epoch (through `StoppingRule.update`) and answers with a
+`StopDecision`: stop or go, and a human-readable reason. Rules keep their own state (best score, wait count ...)
+and expose it through ``state_dict()`` / ``load_state_dict()`` so a resumed run continues where it stopped.
+
+Example:
+    >>> import numpy as np, ww_callbacks
+    >>> from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau
+    >>> rule = AnyOf(AlphaBelow(2.0), Plateau("rand_distance", mode="max", patience=3))
+    >>> w = np.random.default_rng(0).standard_normal((200, 100))
+    >>> decision = rule.update(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=0)
+    >>> decision.stop
+    False
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .spectral.report import SUMMARY_METRICS, SpectralReport
+
+__all__ = ["AllOf", "AlphaBelow", "AnyOf", "Plateau", "StopDecision", "StoppingRule"]
+
+_MODES = ("min", "max")
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """The answer of a rule for one analyzed epoch.
+
+    ``bool(decision)`` is ``decision.stop``; ``rule`` names the rule that decided.
+
+    Example:
+        >>> d = StopDecision(True, "mean alpha 1.90 < 2.0", rule="AlphaBelow")
+        >>> bool(d), d.reason
+        (True, 'mean alpha 1.90 < 2.0')
+    """
+
+    stop: bool
+    reason: str = ""
+    rule: str = ""
+
+    def __bool__(self) -> bool:
+        return self.stop
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in SUMMARY_METRICS:
+        raise ValueError(f"unknown metric {metric!r}: rules monitor one of {', '.join(SUMMARY_METRICS)}")
+    return metric
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _summary_value(report: SpectralReport, metric: str) -> float:
+    """The summary value of ``metric``; a clear error when the analysis did not compute it."""
+    summary = report.summary
+    if metric not in summary:
+        needs = {"rand_distance": "randomize=True", "mp_softrank": "mp_fit=True"}.get(
+            metric, "another option"
+        )
+        raise ValueError(f"metric {metric!r} is not in this report's summary: it needs {needs}")
+    return float(summary[metric])
+
+
+class StoppingRule:
+    """Base class of the data-free stopping rules; subclass it and implement `check` for your own rule.
+
+    The callbacks call `update` once per analyzed epoch, with that epoch's `SpectralReport`. ``update`` calls
+    `check`, which returns a `StopDecision` (or a bool). Stateful rules override `state_dict`,
+    `load_state_dict` and `reset` (call ``super()``), so that a resumed run continues with the same state.
+
+    ``monitor`` (a summary metric, or None) and ``mode`` (``"min"``/``"max"``) say which metric the rule
+    watches and which direction is better; `is_better` and `best_epoch` use them (the Keras callback's
+    ``restore_best_weights`` finds its best epoch that way).
+
+    Example:
+        >>> class AlphaAbove(StoppingRule):
+        ...     monitor, mode = "alpha", "max"
+        ...     def check(self, report, *, epoch):
+        ...         alpha = report.summary["alpha"]
+        ...         return StopDecision(alpha > 6, f"mean alpha {alpha:.2f} > 6 at epoch {epoch}")
+        >>> AlphaAbove().monitor
+        'alpha'
+    """
+
+    monitor: str | None = None
+    mode: str = "min"
+
+    def __init__(self) -> None:
+        self.num_checks = 0
+        self.last_decision: StopDecision | None = None
+
+    @property
+    def name(self) -> str:
+        """The rule's class name, used in decisions and messages."""
+        return type(self).__name__
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision | bool:
+        """Decide from ``report`` (the analysis of ``epoch``) whether training should stop. Override this."""
+        raise NotImplementedError(f"{self.name} must implement check(report, *, epoch)")
+
+    def update(self, report: SpectralReport, *, epoch: int | None = None) -> StopDecision:
+        """Feed the report of one analyzed epoch and return the decision.
+
+        ``epoch`` defaults to the number of reports seen so far (0, 1, ...).
+
+        Example:
+            >>> import numpy as np, ww_callbacks
+            >>> report = ww_callbacks.analyze({"fc.weight": np.eye(40) + 0.01}, seed=0)
+            >>> AlphaBelow(threshold=100.0).update(report).stop
+            True
+        """
+        if epoch is None:
+            epoch = self.num_checks
+        decision = self.check(report, epoch=int(epoch))
+        if not isinstance(decision, StopDecision):
+            stop = bool(decision)
+            decision = StopDecision(
+                stop, f"{self.name} signalled stop at epoch {epoch}" if stop else "", self.name
+            )
+        elif not decision.rule:
+            decision = StopDecision(decision.stop, decision.reason, self.name)
+        self.num_checks += 1
+        self.last_decision = decision
+        return decision
+
+    __call__ = update
+
+    def is_better(self, current: float, best: float | None) -> bool:
+        """Whether ``current`` is better than ``best`` (None: nothing yet) for this rule's ``mode``."""
+        if not math.isfinite(current):
+            return False
+        if best is None or not math.isfinite(best):
+            return True
+        return current < best if self.mode == "min" else current > best
+
+    def best_epoch(self, history: Sequence[Mapping[str, Any]]) -> int | None:
+        """The epoch of the best ``monitor`` value in ``history`` (dicts with ``"epoch"`` and metric keys).
+
+        None when the rule monitors nothing or no entry holds a finite value. Ties keep the earliest epoch.
+
+        Example:
+            >>> Plateau("alpha", mode="min").best_epoch([{"epoch": 0, "alpha": 4.0}, {"epoch": 1, "alpha": 3.5}])
+            1
+        """
+        if self.monitor is None:
+            return None
+        best: float | None = None
+        best_epoch: int | None = None
+        for entry in history:
+            value = entry.get(self.monitor)
+            if value is None:
+                continue
+            value = float(value)
+            if self.is_better(value, best):
+                best, best_epoch = value, int(entry["epoch"])
+        return best_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state, plain Python values only (checkpoints, broadcasts)."""
+        return {"num_checks": self.num_checks}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state saved by `state_dict`."""
+        self.num_checks = int(state.get("num_checks", 0))
+        self.last_decision = None
+
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        self.num_checks = 0
+        self.last_decision = None
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+class AlphaBelow(StoppingRule):
+    """weightwatcher's rule: stop when layers look over-trained, i.e. their power-law ``alpha`` drops below 2.
+
+    Only layers whose fit succeeded count. ``reduce="mean"`` stops when their mean alpha (the report's summary)
+    is below ``threshold``; ``reduce="fraction"`` stops when at least ``fraction`` of them have alpha below it.
+    ``consecutive`` asks for that many analyzed epochs in a row below the threshold (1: stop at the first);
+    checks before ``start_from_epoch`` are ignored. A report with no successful fit never stops training.
+
+    For ``best_epoch`` (Keras ``restore_best_weights``) the best epoch is the one with the lowest mean alpha
+    still at or above the threshold: the last one before the over-trained regime.
+
+    Example:
+        >>> rule = AlphaBelow(2.0, reduce="fraction", fraction=0.5)
+        >>> rule.monitor, rule.mode
+        ('alpha', 'min')
+    """
+
+    monitor = "alpha"
+    mode = "min"
+
+    def __init__(
+        self,
+        threshold: float = 2.0,
+        reduce: str = "mean",
+        fraction: float = 0.5,
+        *,
+        consecutive: int = 1,
+        start_from_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        if reduce not in ("mean", "fraction"):
+            raise ValueError(f"reduce must be 'mean' or 'fraction', got {reduce!r}")
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if consecutive < 1:
+            raise ValueError(f"consecutive must be >= 1, got {consecutive}")
+        self.threshold = float(threshold)
+        self.reduce = reduce
+        self.fraction = float(fraction)
+        self.consecutive = int(consecutive)
+        self.start_from_epoch = int(start_from_epoch)
+        self.count = 0  # consecutive analyzed epochs below the threshold
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
+        if epoch < self.start_from_epoch:
+            return StopDecision(False, f"epoch {epoch} < start_from_epoch={self.start_from_epoch}")
+        fitted = [
+            (lr.longname, float(lr.alpha)) for lr in report.summarized_layers if math.isfinite(lr.alpha)
+        ]
+        if not fitted:
+            return StopDecision(False, f"no layer's power-law fit succeeded at epoch {epoch}; not counted")
+        below = [(name, a) for name, a in fitted if a < self.threshold]
+        if self.reduce == "mean":
+            mean = sum(a for _, a in fitted) / len(fitted)
+            hit = mean < self.threshold
+            what = f"mean alpha {mean:.3f} over {len(fitted)} layers is below {self.threshold:g}"
+        else:
+            share = len(below) / len(fitted)
+            hit = share >= self.fraction
+            listed = ", ".join(f"{name} ({a:.2f})" for name, a in below[:5]) + (
+                ", ..." if len(below) > 5 else ""
+            )
+            what = (
+                f"{len(below)} of {len(fitted)} layers ({share:.0%} >= {self.fraction:.0%}) have alpha below "
+                f"{self.threshold:g}: {listed}"
+            )
+        self.count = self.count + 1 if hit else 0
+        if hit and self.count >= self.consecutive:
+            run = f" for {self.count} analyzed epochs in a row" if self.consecutive > 1 else ""
+            return StopDecision(True, f"{what}{run} at epoch {epoch}: the model may be over-trained")
+        return StopDecision(False, what if hit else "")
+
+    def is_better(self, current: float, best: float | None) -> bool:
+        # Below the threshold is the over-trained regime: never "best".
+        return current >= self.threshold and super().is_better(current, best)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.count = int(state.get("count", 0))
+
+    def reset(self) -> None:
+        super().reset()
+        self.count = 0
+
+    def __repr__(self) -> str:
+        return f"AlphaBelow(threshold={self.threshold:g}, reduce={self.reduce!r}, fraction={self.fraction:g})"
+
+
+class Plateau(StoppingRule):
+    """Stop when a summary metric stopped improving, with Lightning ``EarlyStopping`` semantics.
+
+    Each analyzed epoch, ``current`` improves when it beats ``best`` by more than ``min_delta`` (``mode="min"``:
+    ``current < best - min_delta``; ``"max"``: ``current > best + min_delta``); then ``best = current`` and
+    ``wait_count = 0``, else ``wait_count += 1``, and training stops once ``wait_count >= patience``. Like
+    Lightning's, patience counts analyses, not epochs. Checks before ``start_from_epoch`` are ignored (as in
+    Keras). A NaN summary (no layer's fit succeeded) is neither an improvement nor counted.
+
+    Example:
+        >>> rule = Plateau("rand_distance", mode="max", patience=3, min_delta=1e-3)
+        >>> rule.monitor, rule.mode, rule.wait_count
+        ('rand_distance', 'max', 0)
+    """
+
+    def __init__(
+        self,
+        metric: str,
+        mode: str = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        start_from_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.monitor = _check_metric(metric)
+        self.mode = _check_mode(mode)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.start_from_epoch = int(start_from_epoch)
+        self.wait_count = 0
+        self.best_score: float | None = None
+        self.best_epoch_seen: int | None = None
+
+    @property
+    def metric(self) -> str:
+        """The monitored summary metric (same as ``monitor``)."""
+        assert self.monitor is not None
+        return self.monitor
+
+    def is_better(self, current: float, best: float | None) -> bool:
+        if not math.isfinite(current):
+            return False
+        if best is None:
+            return True
+        if self.mode == "min":
+            return current < best - self.min_delta
+        return current > best + self.min_delta
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
+        if epoch < self.start_from_epoch:
+            return StopDecision(False, f"epoch {epoch} < start_from_epoch={self.start_from_epoch}")
+        current = _summary_value(report, self.metric)
+        if not math.isfinite(current):
+            return StopDecision(False, f"{self.metric} is {current} at epoch {epoch}; not counted")
+        if self.is_better(current, self.best_score):
+            self.best_score, self.best_epoch_seen, self.wait_count = current, epoch, 0
+            return StopDecision(False, f"{self.metric} improved to {current:.4f}")
+        self.wait_count += 1
+        if self.wait_count >= self.patience:
+            assert self.best_score is not None
+            return StopDecision(
+                True,
+                f"{self.metric} did not improve ({self.mode}, min_delta={self.min_delta:g}) in the last "
+                f"{self.wait_count} analyses; best {self.best_score:.4f} at epoch {self.best_epoch_seen}",
+            )
+        return StopDecision(False, f"{self.metric} did not improve ({self.wait_count}/{self.patience})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "wait_count": self.wait_count,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch_seen,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.wait_count = int(state.get("wait_count", 0))
+        best = state.get("best_score")
+        self.best_score = None if best is None else float(best)
+        epoch = state.get("best_epoch")
+        self.best_epoch_seen = None if epoch is None else int(epoch)
+
+    def reset(self) -> None:
+        super().reset()
+        self.wait_count = 0
+        self.best_score = None
+        self.best_epoch_seen = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Plateau({self.metric!r}, mode={self.mode!r}, patience={self.patience}, "
+            f"min_delta={self.min_delta:g}, start_from_epoch={self.start_from_epoch})"
+        )
+
+
+class _Combined(StoppingRule):
+    """Shared plumbing of `AnyOf` and `AllOf`: every child sees every report, so all their states advance."""
+
+    def __init__(self, *rules: StoppingRule) -> None:
+        super().__init__()
+        if len(rules) == 1 and isinstance(rules[0], (list, tuple)):
+            rules = tuple(rules[0])
+        if not rules:
+            raise ValueError(f"{self.name} needs at least one rule")
+        for rule in rules:
+            if not isinstance(rule, StoppingRule):
+                raise TypeError(f"{self.name} combines StoppingRule instances, got {type(rule).__name__}")
+        self.rules: tuple[StoppingRule, ...] = tuple(rules)
+        lead = next((r for r in self.rules if r.monitor is not None), None)
+        # The first child that monitors a metric speaks for the combination (restore_best_weights).
+        self._lead = lead
+        self.monitor = lead.monitor if lead is not None else None
+        self.mode = lead.mode if lead is not None else "min"
+
+    def _decisions(self, report: SpectralReport, epoch: int) -> list[StopDecision]:
+        return [rule.update(report, epoch=epoch) for rule in self.rules]
+
+    def is_better(self, current: float, best: float | None) -> bool:
+        if self._lead is None:
+            return super().is_better(current, best)
+        return self._lead.is_better(current, best)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rules": [rule.state_dict() for rule in self.rules]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        states = state.get("rules", [])
+        if len(states) != len(self.rules):
+            raise ValueError(f"{self.name}: state holds {len(states)} rules, this one has {len(self.rules)}")
+        for rule, sub in zip(self.rules, states, strict=True):
+            rule.load_state_dict(sub)
+
+    def reset(self) -> None:
+        super().reset()
+        for rule in self.rules:
+            rule.reset()
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(repr(r) for r in self.rules)})"
+
+
+class AnyOf(_Combined):
+    """Stop as soon as any of the rules says stop; the reason lists the rules that did.
+
+    Example:
+        >>> rule = AnyOf(AlphaBelow(2.0), Plateau("alpha", patience=2))
+        >>> rule.monitor
+        'alpha'
+    """
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
+        stopping = [d for d in self._decisions(report, epoch) if d.stop]
+        if stopping:
+            return StopDecision(True, "; ".join(f"{d.rule}: {d.reason}" for d in stopping))
+        return StopDecision(False, "")
+
+
+class AllOf(_Combined):
+    """Stop only when every rule says stop at the same analyzed epoch.
+
+    Example:
+        >>> rule = AllOf(AlphaBelow(2.5), Plateau("rand_distance", mode="max", patience=2))
+        >>> len(rule.rules)
+        2
+    """
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
+        decisions = self._decisions(report, epoch)
+        if all(d.stop for d in decisions):
+            return StopDecision(True, " and ".join(f"{d.rule}: {d.reason}" for d in decisions))
+        waiting = [d.rule for d in decisions if not d.stop]
+        return StopDecision(False, f"waiting on {', '.join(waiting)}")
