@@ -496,7 +496,6 @@ def _quiet_frameworks() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*but have no logger configured.*")
 
 
 def _progress(total: int) -> Any:

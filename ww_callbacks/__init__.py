@@ -16,11 +16,18 @@ from typing import Any
 from .analysis import analyze
 from .layers import LayerWeights, snapshot
 from .spectral.report import SUMMARY_METRICS, LayerResult, SpectralReport
+from .stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SUMMARY_METRICS",
+    "AllOf",
+    "AlphaBelow",
+    "AnyOf",
+    "Plateau",
+    "StopDecision",
+    "StoppingRule",
     "LayerResult",
     "LayerWeights",
     "SpectralReport",

@@ -247,7 +247,7 @@ def build_callback_class(namespace: str, module: str) -> type:
             # Every branch below depends only on values all ranks share, so collectives always pair up.
             if self._should_skip(trainer):
                 return
-            epoch, step = int(trainer.current_epoch), int(trainer.global_step)
+            epoch, step = int(trainer.current_epoch), self._logged_step(trainer)
             self._last_epoch_run = epoch
             report = self._analyze_and_share(trainer, pl_module, epoch)
             max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: no limit
@@ -266,7 +266,7 @@ def build_callback_class(namespace: str, module: str) -> type:
                 try:
                     payload = report.to_dict()
                 except Exception as exc:  # never leave the other ranks waiting on a broken report
-                    self.monitor._warn(f"cannot share the report ({type(exc).__name__}: {exc})")
+                    self.monitor.warn(f"cannot share the report ({type(exc).__name__}: {exc})")
             payload = trainer.strategy.broadcast(payload, src=0)
             if trainer.is_global_zero:
                 return report if payload is not None else None  # rank 0 keeps its eigenvalues
@@ -283,6 +283,7 @@ def build_callback_class(namespace: str, module: str) -> type:
                     on_step=False,
                     on_epoch=True,
                     prog_bar=False,
+                    logger=bool(trainer.loggers),  # logger=False trainers still get callback_metrics
                     sync_dist=distributed,
                     reduce_fx="max" if distributed else "mean",
                 )
@@ -305,6 +306,16 @@ def build_callback_class(namespace: str, module: str) -> type:
             trainer.should_stop = True
             self.monitor.record_stop(epoch, reason)
             rank_zero_info(f"WeightWatcherCallback: stopping at epoch {epoch}: {reason}")
+
+        def _logged_step(self, trainer: Any) -> int:
+            """The step Lightning's loggers record this hook's metrics at, so history and W&B rows line up.
+
+            Lightning logs epoch-end training metrics one step back (``FitLoop.on_advance_end``), and
+            validation-end metrics at the current step; both count batches that stepped the optimizer.
+            """
+            epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+            stepped = int(getattr(epoch_loop, "_batches_that_stepped", trainer.global_step))
+            return max(stepped - 1, 0) if self.run_on == "train_epoch_end" else stepped
 
         @staticmethod
         def _can_stop(trainer: Any) -> bool:
@@ -330,14 +341,14 @@ def build_callback_class(namespace: str, module: str) -> type:
                         try:
                             return logger.experiment, True
                         except Exception as exc:
-                            self.monitor._warn(
+                            self.monitor.warn(
                                 f"cannot reach the WandbLogger's run ({type(exc).__name__}: {exc})"
                             )
                             return None, False
             try:
                 return self.monitor.resolve_wandb_run(), False
             except Exception as exc:
-                self.monitor._warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
+                self.monitor.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
                 return None, False
 
         def __repr__(self) -> str:

@@ -255,7 +255,7 @@ class SpectralMonitor:
                 return list(model)
             return snapshot(model, layers=self.layers, copy=copy)
         except Exception as exc:
-            self._warn(f"could not snapshot the weights ({type(exc).__name__}: {exc}); no spectral metrics")
+            self.warn(f"could not snapshot the weights ({type(exc).__name__}: {exc}); no spectral metrics")
             return None
         finally:
             self.analysis_time += time.perf_counter() - start
@@ -287,7 +287,7 @@ class SpectralMonitor:
                     **self.analyze_kwargs,
                 )
         except Exception as exc:
-            self._warn(
+            self.warn(
                 f"spectral analysis failed at epoch {epoch} ({type(exc).__name__}: {exc}); training goes on"
             )
             log.debug("analysis failure", exc_info=True)
@@ -372,7 +372,7 @@ class SpectralMonitor:
         try:
             return self.early_stopping.update(report, epoch=epoch)
         except Exception as exc:
-            self._warn(
+            self.warn(
                 f"stopping rule {self.early_stopping!r} failed at epoch {epoch} ({type(exc).__name__}: {exc})"
             )
             return None
@@ -496,7 +496,7 @@ class SpectralMonitor:
 
                 self._history_writer = HistoryWriter(history_path, append=True)
             except Exception as exc:
-                self._warn(f"cannot write the history file {history_path} ({type(exc).__name__}: {exc})")
+                self.warn(f"cannot write the history file {history_path} ({type(exc).__name__}: {exc})")
         if wandb_run is not None:
             options: dict[str, Any] = {
                 "prefix": self.prefix,
@@ -510,19 +510,19 @@ class SpectralMonitor:
 
                 self._wandb_sink = WandbSink(wandb_run, **options)
             except Exception as exc:
-                self._warn(f"cannot log to W&B ({type(exc).__name__}: {exc})")
+                self.warn(f"cannot log to W&B ({type(exc).__name__}: {exc})")
 
     def _emit(self, report: SpectralReport, *, epoch: int, step: int, is_last: bool) -> None:
         if self._history_writer is not None:
             try:
                 self._history_writer.write(report, epoch=epoch, step=step)
             except Exception as exc:
-                self._warn(f"writing the history file failed ({type(exc).__name__}: {exc})")
+                self.warn(f"writing the history file failed ({type(exc).__name__}: {exc})")
         if self._wandb_sink is not None:
             try:
                 self._wandb_sink.log_report(report, epoch=epoch, step=step, is_last=is_last)
             except Exception as exc:
-                self._warn(f"logging to W&B failed ({type(exc).__name__}: {exc})")
+                self.warn(f"logging to W&B failed ({type(exc).__name__}: {exc})")
 
     def close_sinks(self) -> None:
         """Flush and close the sinks (``WandbSink.finish(history)``; a run we created is finished).
@@ -548,16 +548,21 @@ class SpectralMonitor:
             try:
                 call()
             except Exception as exc:
-                self._warn(f"closing the {what} failed ({type(exc).__name__}: {exc})")
+                self.warn(f"closing the {what} failed ({type(exc).__name__}: {exc})")
 
     # ------------------------------------------------------------------ warnings
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
+        """Warn (``RuntimeWarning``, prefixed ``ww_callbacks:``) instead of raising: analysis never stops training."""
         warnings.warn(f"ww_callbacks: {message}", RuntimeWarning, stacklevel=3)
+
+    def owns_wandb_run(self, run: Any) -> bool:
+        """True when ``run`` is the W&B run this monitor started itself (from ``wandb_init_kwargs``)."""
+        return run is not None and run is self._owned_wandb_run
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            self._warn(message)
+            self.warn(message)
 
     def __repr__(self) -> str:
         return (

@@ -245,7 +245,7 @@ class WeightWatcherCallback(keras.callbacks.Callback):
                 self.model.set_weights(self.best_weights)
                 log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
             elif self.restore_best_weights and self.monitor.history:
-                self.monitor._warn(
+                self.monitor.warn(
                     f"restore_best_weights: no analyzed epoch qualified as best for {self.early_stopping!r}; "
                     "the weights of the last epoch are kept"
                 )
@@ -284,7 +284,7 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         try:
             weights = self.model.get_weights()
         except Exception as exc:  # never stop training for the restore feature
-            self.monitor._warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
+            self.monitor.warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
             return
         self._best_value, self.best_epoch, self.best_weights = current, epoch, weights
 
@@ -303,9 +303,9 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         try:
             run = self.monitor.resolve_wandb_run()
         except Exception as exc:
-            self.monitor._warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
+            self.monitor.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
         options: dict[str, Any] = {"step_metric": "epoch"}
-        if run is not None and run is self.monitor._owned_wandb_run:
+        if self.monitor.owns_wandb_run(run):
             # Our own run: nobody else logs the summaries to it.
             options.update(log_summary=True, per_layer=True)
         else:

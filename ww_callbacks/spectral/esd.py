@@ -4,8 +4,8 @@ Eigenvalues are squared singular values, computed in float64 (weightwatcher's co
 We take the Gram route: ``eigvalsh(WᵀW)`` on the smaller side, several times faster than an SVD. In float64 it
 keeps every eigenvalue to about ``n·eps·lambda_max`` absolute, so the spectrum, the fit and the norms match an SVD
 to ~1e-12; only the smallest singular values of ill-conditioned slices lose relative accuracy. Slices whose
-smallest eigenvalue falls below `ILL_CONDITIONED` times the largest (numerically rank-deficient) are recomputed
-with an SVD, so ranks and ``sv_min`` stay right where they matter. Torch tensors stay on their device; only the
+smallest eigenvalue is within `RANK_DEFICIENT_MARGIN` of the Gram route's rounding noise (numerically
+rank-deficient) are recomputed with an SVD, so ranks and ``sv_min`` stay right where they matter. Torch tensors stay on their device; only the
 eigenvalues come back.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-#: Slices with lambda_min < ILL_CONDITIONED * lambda_max are recomputed with an SVD.
-ILL_CONDITIONED = 1e-8
+#: Slices whose smallest Gram eigenvalue is within this factor of the Gram route's rounding noise
+#: (``n * eps * lambda_max``) are numerically rank-deficient and are recomputed with an SVD.
+RANK_DEFICIENT_MARGIN = 1e3
 
 
 def is_torch_tensor(obj: Any) -> bool:
@@ -88,7 +89,8 @@ def slice_eigenvalues(stack: Any) -> np.ndarray:
 
 
 def _ill_conditioned(evals: np.ndarray) -> np.ndarray:
-    return evals[:, 0] < ILL_CONDITIONED * evals[:, -1]
+    noise = evals.shape[1] * np.finfo(np.float64).eps * evals[:, -1]
+    return evals[:, 0] < RANK_DEFICIENT_MARGIN * noise
 
 
 def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int) -> Any:

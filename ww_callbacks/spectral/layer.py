@@ -182,6 +182,14 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
 
 #: Below this much work (weight entries times passes) starting threads costs more than it saves.
 _THREADING_MIN_WORK = 250_000
+#: Above this matrix side BLAS/LAPACK already use every core: threads over layers would oversubscribe them.
+_THREADING_MAX_SIDE = 256
+
+
+def _threads_pay(layers: Sequence[LayerWeights], opts: AnalysisOptions) -> bool:
+    """Threads over layers help for many small matrices (single-threaded LAPACK calls, Python-bound fits)."""
+    largest_side = max(min(lw.slice_shape) for lw in layers)
+    return largest_side <= _THREADING_MAX_SIDE and _work(layers, opts) >= _THREADING_MIN_WORK
 
 
 def _work(layers: Sequence[LayerWeights], opts: AnalysisOptions) -> int:
@@ -236,7 +244,7 @@ def analyze_layers(
         side = np.random.default_rng(np.asarray(state[1], dtype=np.uint32))
         return [analyze_layer(lw, rng=rng if lw.ww_parity else side, opts=opts) for lw in layers]
     children = rng.spawn(len(layers))
-    jobs = n_jobs or (_default_jobs() if _work(layers, opts) >= _THREADING_MIN_WORK else 1)
+    jobs = n_jobs or (_default_jobs() if _threads_pay(layers, opts) else 1)
     if jobs <= 1 or len(layers) == 1:
         return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, children, strict=True)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:

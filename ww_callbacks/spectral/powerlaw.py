@@ -7,7 +7,8 @@ than 20 points take the small-sample path (bias-corrected alpha, tails of at lea
 
 The naive scan is O(n^2). We get the same argmin much faster by bounding ``D`` for every candidate from a strided
 sample of the tail (a lower bound from the sampled points, an upper bound from the monotonicity of both CDFs between
-samples) and evaluating ``D`` exactly only for candidates whose lower bound does not exceed the best upper bound.
+samples), dropping candidates whose lower bound exceeds the best upper bound, refining the stride for the rest, and
+evaluating ``D`` exactly only for the few candidates left.
 """
 
 from __future__ import annotations
@@ -123,11 +124,16 @@ def _standard_scan(x: np.ndarray) -> tuple[int, np.ndarray, float]:
     if n_all <= _EXACT_SCAN_MAX:
         ds[idx] = _ks_rows(x, alphas, idx)
     else:
+        # Refine: bound every surviving candidate from a strided sample of its tail, drop those whose lower
+        # bound exceeds the best upper bound, and repeat with a finer stride; the few left are scanned exactly.
+        survivors = idx
+        best_upper = 1.0
         stride = max(8, int(math.sqrt(n_all) / 2))
-        lower, upper = _ks_bounds(x, alphas, idx, stride)
-        best_upper = min(float(upper.min()), 1.0)
-        keep = lower <= best_upper + 1e-12
-        survivors = idx[keep]
+        while stride > 1 and survivors.size > 16:
+            lower, upper = _ks_bounds(x, alphas, survivors, stride)
+            best_upper = min(best_upper, float(upper.min()))
+            survivors = survivors[lower <= best_upper + 1e-12]  # margin for rounding in the upper bound
+            stride //= 4
         ds[:] = np.inf
         ds[~valid] = 1.0
         ds[survivors] = _ks_rows(x, alphas, survivors)
