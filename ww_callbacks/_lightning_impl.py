@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._monitor import MonitorResult, SpectralMonitor
+from ._monitor import MonitorResult, MonitorViews, SpectralMonitor
 from .spectral.report import SpectralReport
 from .stopping import StopDecision, StoppingRule
 
@@ -105,7 +105,7 @@ def build_callback_class(namespace: str, module: str) -> type:
     rank_zero_info = importlib.import_module(f"{namespace}.utilities.rank_zero").rank_zero_info
     wandb_logger_cls = getattr(importlib.import_module(f"{namespace}.loggers"), "WandbLogger", None)
 
-    class WeightWatcherCallback(base):
+    class WeightWatcherCallback(base, MonitorViews):
         def __init__(
             self,
             every_n_epochs: int = 1,
@@ -158,36 +158,6 @@ def build_callback_class(namespace: str, module: str) -> type:
         def state_key(self) -> str:
             """Checkpoint key; includes the prefix so that several instances can coexist."""
             return self._generate_state_key(prefix=self.monitor.prefix)
-
-        @property
-        def early_stopping(self) -> StoppingRule | None:
-            """The stopping rule (None when the callback only logs)."""
-            return self.monitor.early_stopping
-
-        @property
-        def last_report(self) -> SpectralReport | None:
-            """The latest `SpectralReport` (on ranks other than 0: without eigenvalue arrays)."""
-            return self.monitor.last_report
-
-        @property
-        def history(self) -> list[dict[str, Any]]:
-            """One dict per analyzed epoch: epoch, step, summary metrics, num_summarized, num_layers, elapsed."""
-            return self.monitor.history
-
-        @property
-        def stopped_epoch(self) -> int | None:
-            """The epoch at which the rule stopped training (None if it did not)."""
-            return self.monitor.stopped_epoch
-
-        @property
-        def stop_reason(self) -> str:
-            """The rule's reason for stopping ("" if it did not)."""
-            return self.monitor.stop_reason
-
-        @property
-        def seed(self) -> int:
-            """Seed of the randomized ESDs (epoch e uses ``numpy.random.default_rng([seed, e])``)."""
-            return self.monitor.seed
 
         # ---------------------------------------------------------------- lifecycle
         def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:

@@ -35,7 +35,7 @@ from .stopping import StopDecision, StoppingRule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_METRICS", "MonitorResult", "SpectralMonitor"]
+__all__ = ["DEFAULT_METRICS", "MonitorResult", "MonitorViews", "SpectralMonitor"]
 
 #: Summary metrics logged by default (``rand_distance`` only when ``randomize=True``).
 DEFAULT_METRICS = ("alpha", "alpha_weighted", "log_spectral_norm", "rand_distance")
@@ -569,3 +569,46 @@ class SpectralMonitor:
             f"SpectralMonitor(every_n_epochs={self.every_n_epochs}, metrics={self.metrics}, "
             f"per_layer={self.per_layer}, prefix={self.prefix!r}, early_stopping={self.early_stopping!r})"
         )
+
+
+class MonitorViews:
+    """Read-only attributes both callbacks expose, delegated to their `SpectralMonitor` (``self.monitor``).
+
+    Example:
+        >>> class Demo(MonitorViews):
+        ...     monitor = SpectralMonitor(seed=1)
+        >>> Demo().seed, Demo().history
+        (1, [])
+    """
+
+    monitor: SpectralMonitor
+
+    @property
+    def early_stopping(self) -> StoppingRule | None:
+        """The stopping rule (None when the callback only logs)."""
+        return self.monitor.early_stopping
+
+    @property
+    def last_report(self) -> SpectralReport | None:
+        """The latest `SpectralReport` (under DDP, on ranks other than 0: without eigenvalue arrays)."""
+        return self.monitor.last_report
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per analyzed epoch: epoch, step, summary metrics, num_summarized, num_layers, elapsed."""
+        return self.monitor.history
+
+    @property
+    def stopped_epoch(self) -> int | None:
+        """The epoch at which the rule stopped training (None if it did not)."""
+        return self.monitor.stopped_epoch
+
+    @property
+    def stop_reason(self) -> str:
+        """The rule's reason for stopping ("" if it did not)."""
+        return self.monitor.stop_reason
+
+    @property
+    def seed(self) -> int:
+        """Seed of the randomized ESDs (epoch e uses ``numpy.random.default_rng([seed, e])``)."""
+        return self.monitor.seed

@@ -26,11 +26,10 @@ Subcommands:
 A file that cannot be read, is not a model, or holds no analyzable layer ends with a one-line error on stderr
 and exit code 2 (as do usage errors); success is 0.
 
-Example:
-    >>> from ww_callbacks.cli import main
-    >>> main(["--version"])  # doctest: +SKIP
+Example::
+
+    $ ww-callbacks --version
     ww-callbacks 0.1.0
-    0
 """
 
 from __future__ import annotations
@@ -671,10 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
 
-    Example:
-        >>> main(["analyze", "missing.pt"])  # doctest: +SKIP
-        ww-callbacks: error: missing.pt: no such file
-        2
+    Example (it prints to stderr, which a doctest cannot show)::
+
+        main(["analyze", "missing.pt"])   # prints "ww-callbacks: error: missing.pt: no such file", returns 2
     """
     parser = build_parser()
     args = parser.parse_args(argv)

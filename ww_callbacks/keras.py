@@ -25,7 +25,7 @@ from typing import Any
 
 import keras
 
-from ._monitor import SpectralMonitor
+from ._monitor import MonitorViews, SpectralMonitor
 from .spectral.report import STATUS_NON_FINITE, SpectralReport
 from .stopping import StoppingRule
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _NAN = float("nan")
 
 
-class WeightWatcherCallback(keras.callbacks.Callback):
+class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
@@ -165,30 +165,6 @@ class WeightWatcherCallback(keras.callbacks.Callback):
         self._first_epoch_pending = True
 
     # ------------------------------------------------------------------ public views of the monitor
-    @property
-    def early_stopping(self) -> StoppingRule | None:
-        return self.monitor.early_stopping
-
-    @property
-    def last_report(self) -> SpectralReport | None:
-        return self.monitor.last_report
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.monitor.history
-
-    @property
-    def stopped_epoch(self) -> int | None:
-        return self.monitor.stopped_epoch
-
-    @property
-    def stop_reason(self) -> str:
-        return self.monitor.stop_reason
-
-    @property
-    def seed(self) -> int:
-        return self.monitor.seed
-
     def state_dict(self) -> dict[str, Any]:
         """History, rule state, seed, stop and best epoch as plain Python values (the best weights are not kept).
 

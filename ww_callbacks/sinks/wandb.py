@@ -4,14 +4,15 @@
 hand. ``wandb`` is imported only inside its methods, so this module imports without wandb installed, and no
 W&B error ever stops training: the first one is reported with a warning, later ones go to the log.
 
-Example:
-    >>> import numpy as np, wandb, ww_callbacks                                     # doctest: +SKIP
-    >>> from ww_callbacks.sinks.wandb import WandbSink                                # doctest: +SKIP
-    >>> run = wandb.init(mode="offline")                                              # doctest: +SKIP
-    >>> sink = WandbSink(run, step_metric="epoch")                                    # doctest: +SKIP
-    >>> w = np.random.default_rng(0).normal(size=(128, 64))                           # doctest: +SKIP
-    >>> sink.log_report(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=0, step=0)  # doctest: +SKIP
-    >>> sink.finish()                                                                 # doctest: +SKIP
+Example (needs a W&B run, so it is not a doctest)::
+
+    import numpy as np, wandb, ww_callbacks
+    from ww_callbacks.sinks.wandb import WandbSink
+    run = wandb.init(mode="offline")
+    sink = WandbSink(run, step_metric="epoch")
+    w = np.random.default_rng(0).normal(size=(128, 64))
+    sink.log_report(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=0, step=0)
+    sink.finish()
 """
 
 from __future__ import annotations
@@ -269,11 +270,12 @@ class WandbSink:
         Calling it again for the epoch just logged (e.g. with ``is_last=True`` once the callback learns that the
         run ended) only adds the ESD images if that epoch has none yet.
 
-        Example:
-            >>> import numpy as np, wandb, ww_callbacks                                  # doctest: +SKIP
-            >>> sink = WandbSink(wandb.init(mode="offline"), step_metric="epoch")          # doctest: +SKIP
-            >>> report = ww_callbacks.analyze({"fc.weight": np.ones((30, 20))})            # doctest: +SKIP
-            >>> sink.log_report(report, epoch=0, step=0, is_last=True)                     # doctest: +SKIP
+        Example (needs a W&B run, so it is not a doctest)::
+
+            import numpy as np, wandb, ww_callbacks
+            sink = WandbSink(wandb.init(mode="offline"), step_metric="epoch")
+            report = ww_callbacks.analyze({"fc.weight": np.ones((30, 20))})
+            sink.log_report(report, epoch=0, step=0, is_last=True)
         """
         try:
             self._log_report(report, epoch=int(epoch), step=int(step), is_last=is_last)
