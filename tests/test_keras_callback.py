@@ -446,6 +446,7 @@ def test_keras_and_torch_models_with_the_same_weights_log_the_same_metrics():
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only  # deselected by the torch/JAX runs (noxfile): MirroredStrategy is TensorFlow's
 @pytest.mark.skipif(
     BACKEND != "tensorflow", reason="tf.distribute.MirroredStrategy needs the TensorFlow backend"
 )
