@@ -205,3 +205,28 @@ def test_import_is_framework_free():
         "'pytorch_lightning', 'matplotlib', 'pandas') if m in sys.modules]; print(bad); assert not bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rank_deficient_layer_gets_exact_rank():
+    """Numerically singular slices are recomputed with an SVD: rank and sv_min are those of the SVD."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((120, 40))
+    w[:, 30:] = w[:, :10]  # ten duplicated columns: rank 30
+    lr = ww_callbacks.analyze({"fc.weight": w}, randomize=False)["fc"]
+    sv = np.linalg.svd(w, compute_uv=False)
+    assert lr.matrix_rank == np.linalg.matrix_rank(w) == 30
+    assert lr.sv_min == pytest.approx(sv.min(), abs=1e-12 * sv.max())
+    assert lr.rank_loss == 10
+
+
+@pytest.mark.parametrize("shape", [(1, 1500, 800), (1, 800, 1500), (2, 1100, 1000)])
+def test_blocked_gram_route_matches_svd(shape):
+    """Large slices accumulate their Gram matrix block by block: same eigenvalues as an SVD (~1e-13)."""
+    from ww_callbacks.spectral import esd
+
+    w = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    assert shape[1] * shape[2] >= esd.BLOCKED_MIN_ENTRIES
+    expected = np.linalg.svd(w.astype(np.float64) * 0.5**0.5, compute_uv=False)[..., ::-1] ** 2
+    got = esd.slice_eigenvalues(w, 0.5**0.5)
+    assert got.shape == expected.shape
+    assert np.max(np.abs(got - expected)) <= 1e-13 * expected.max()

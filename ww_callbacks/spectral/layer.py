@@ -81,16 +81,16 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         rep = None
         if replicas:
             first = esd.shuffled_copies_legacy(lw.matrices, rng, replicas)
-            rep = esd.slice_eigenvalues(esd.to_float64(first, lw.scale))
+            rep = esd.slice_eigenvalues(first, lw.scale)
             del first
         second = esd.shuffled_copies_legacy(lw.matrices, rng, opts.n_random)
-        dist = _pooled(esd.slice_eigenvalues(esd.to_float64(second, lw.scale)), opts.n_random)
+        dist = _pooled(esd.slice_eigenvalues(second, lw.scale), opts.n_random)
     else:
         # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
         # large layers, where the eigenvalues dominate the cost)
         draws = max(replicas, opts.n_random)
         copies = esd.shuffled_copies(lw.matrices, rng, draws)
-        evals = esd.slice_eigenvalues(esd.to_float64(copies, lw.scale))
+        evals = esd.slice_eigenvalues(copies, lw.scale)
         del copies
         rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
         dist = _pooled(evals, draws)[: opts.n_random]
@@ -135,7 +135,7 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
     if not esd.all_finite(lw.matrices):
         res.status, res.reason = STATUS_NON_FINITE, "weights contain NaN or Inf"
         return
-    slice_evals = esd.slice_eigenvalues(esd.to_float64(lw.matrices, lw.scale))
+    slice_evals = esd.slice_eigenvalues(lw.matrices, lw.scale)
     evals = np.sort(slice_evals.ravel())
     res.evals = evals
     res.num_evals = int(evals.size)
