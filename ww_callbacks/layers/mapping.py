@@ -226,8 +226,9 @@ def conv2d_labels(out: int, inp: int, kh: int, kw: int) -> tuple[int, int]:
 def conv_slices(weight: Any) -> Any:
     """The ``(kh*kw, rows, cols)`` stack of slices ``W[:, :, i, j]`` (i over kh, then j), each tall.
 
-    One permute and reshape, plus a transpose when ``out < in``; the result is C-contiguous (randomization
-    shuffles each slice in C order).
+    One permute and reshape, plus a transpose when ``out < in``: a view of the weight where possible (no copy of
+    the whole layer; `snapshot` copies when asked to). Randomization flattens each slice in C order of this
+    logical layout, whatever its strides.
 
     Example:
         >>> import numpy as np
@@ -240,11 +241,11 @@ def conv_slices(weight: Any) -> Any:
         stack = weight.permute(2, 3, 0, 1).reshape(kh * kw, out, inp)
         if out < inp:
             stack = stack.transpose(1, 2)
-        return stack.contiguous()
+        return stack
     stack = np.asarray(weight).transpose(2, 3, 0, 1).reshape(kh * kw, out, inp)
     if out < inp:
         stack = stack.transpose(0, 2, 1)
-    return np.ascontiguousarray(stack)
+    return stack
 
 
 def mark_tied(found: list[LayerWeights], ties: Mapping[int, list[str]]) -> list[LayerWeights]:

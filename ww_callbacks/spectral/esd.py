@@ -20,6 +20,8 @@ import numpy as np
 BLOCKED_MIN_ENTRIES = 1 << 20
 #: Size of one float64 block of rows in the blocked route.
 BLOCK_BYTES = 32 << 20
+#: Size of the float64 copy of one chunk of (small) slices in the batched route.
+CHUNK_BYTES = 8 << 20
 #: Slices whose smallest Gram eigenvalue is within this factor of the Gram route's rounding noise
 #: (``n * eps * lambda_max``) are numerically rank-deficient and are recomputed with an SVD...
 RANK_DEFICIENT_MARGIN = 10.0
@@ -93,16 +95,29 @@ def slice_eigenvalues(stack: Any, scale: float = 1.0) -> np.ndarray:
         for i in np.flatnonzero(bad):
             evals[i] = np.linalg.svd(to_float64(np.asarray(stack[i]), scale), compute_uv=False)[::-1] ** 2
     else:
-        w = to_float64(stack, scale)
-        t = np.swapaxes(w, -1, -2)
-        gram = np.matmul(t, w) if rows >= cols else np.matmul(w, t)
-        evals = np.linalg.eigvalsh(gram)
-        del gram
-        bad = _ill_conditioned(evals)
-        if bad.any():
-            evals[bad] = np.linalg.svd(w[bad], compute_uv=False)[..., ::-1] ** 2
+        # batched over slices, a chunk at a time so that the float64 copies stay small
+        per_chunk = max(1, CHUNK_BYTES // (8 * rows * cols))
+        evals = np.concatenate(
+            [
+                _batched_eigenvalues(stack[lo : lo + per_chunk], scale)
+                for lo in range(0, len(stack), per_chunk)
+            ]
+        )
     # rounding can leave tiny negative eigenvalues of (numerically) singular slices
     return np.maximum(np.asarray(evals, dtype=np.float64), 0.0)
+
+
+def _batched_eigenvalues(stack: Any, scale: float) -> np.ndarray:
+    w = to_float64(np.asarray(stack), scale)
+    rows, cols = w.shape[-2:]
+    t = np.swapaxes(w, -1, -2)
+    gram = np.matmul(t, w) if rows >= cols else np.matmul(w, t)
+    evals = np.linalg.eigvalsh(gram)
+    del gram
+    bad = _ill_conditioned(evals)
+    if bad.any():
+        evals[bad] = np.linalg.svd(w[bad], compute_uv=False)[..., ::-1] ** 2
+    return evals
 
 
 def _blocked_gram_eigenvalues(w: np.ndarray, scale: float) -> np.ndarray:
