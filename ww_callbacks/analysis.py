@@ -1,4 +1,8 @@
-"""`analyze()`: the one call that runs the whole spectral analysis on a model."""
+"""`analyze()`: the one call that runs the whole spectral analysis on a model, a state dict or a file.
+
+The functional half of the package (as in torchmetrics): the callbacks' engine (`ww_callbacks.engine`) calls
+this function and adds only scheduling, state and logging.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +14,32 @@ from typing import Any
 
 import numpy as np
 
+from .io import is_path, load_weights
 from .layers import LayerWeights, snapshot
 from .spectral.layer import analyze_layers
+from .spectral.options import AnalysisOptions
 from .spectral.report import SpectralReport
 
 log = logging.getLogger(__name__)
 
 RandomSource = np.random.Generator | np.random.RandomState
 
+_DEFAULTS = AnalysisOptions()  # the defaults below are read from here: one home
+
 
 def analyze(
     model: Any,
     *,
     layers: Any = None,
-    randomize: bool = True,
-    mp_fit: bool = False,
-    min_evals: int = 8,
-    max_evals: int = 15000,
-    max_N: int = 50000,
+    randomize: bool = _DEFAULTS.randomize,
+    mp_fit: bool = _DEFAULTS.mp_fit,
+    min_evals: int = _DEFAULTS.min_evals,
+    max_evals: int = _DEFAULTS.max_evals,
+    max_N: int = _DEFAULTS.max_N,
     seed: int | None = None,
     rng: RandomSource | None = None,
-    n_random: int = 1,
-    traps: bool = True,
+    n_random: int = _DEFAULTS.n_random,
+    traps: bool = _DEFAULTS.traps,
     n_jobs: int | None = None,
 ) -> SpectralReport:
     """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
@@ -40,7 +48,9 @@ def analyze(
 
     Args:
         model: a ``torch.nn.Module``, a Keras 3 ``Model``/``Layer``, a mapping of names to arrays or tensors
-            (a state dict), or a list of `LayerWeights` from `ww_callbacks.layers.snapshot`.
+            (a state dict, or a checkpoint dict holding one under ``state_dict``, ``model``, ``module`` ...), a
+            list of `LayerWeights` from `ww_callbacks.layers.snapshot`, or the path of a model file
+            (``.ckpt``, ``.pt``/``.pth``, ``.safetensors``, ``.keras``; read by `ww_callbacks.io.load_weights`).
         layers: keep only these layers: names, globs (``"encoder.*"``), compiled regexes, kinds (``"dense"``,
             ``"conv2d"``, ``"embedding"``), classes or layer ids; a leading ``-`` excludes.
         randomize: also compare each layer's ESD with that of its shuffled weights (``rand_distance`` ...).
@@ -65,8 +75,17 @@ def analyze(
         >>> report.layers[0].status
         'success'
     """
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    opts = AnalysisOptions(
+        randomize=randomize,
+        mp_fit=mp_fit,
+        min_evals=min_evals,
+        max_evals=max_evals,
+        max_N=max_N,
+        n_random=n_random,
+        traps=traps,
+    )
+    if is_path(model):
+        model = load_weights(model)
     start = time.perf_counter()
     # No copy: the analysis runs now and never writes into the weights.
     found: Sequence[LayerWeights] = snapshot(model, layers=layers, copy=False)
@@ -79,27 +98,7 @@ def analyze(
         )
     if rng is None:
         rng = np.random.default_rng(seed)
-    results = analyze_layers(
-        found,
-        randomize=randomize,
-        mp_fit=mp_fit,
-        min_evals=min_evals,
-        max_evals=max_evals,
-        max_N=max_N,
-        rng=rng,
-        n_random=n_random,
-        traps=traps,
-        n_jobs=n_jobs,
-    )
-    options = {
-        "randomize": randomize,
-        "mp_fit": mp_fit,
-        "min_evals": min_evals,
-        "max_evals": max_evals,
-        "max_N": max_N,
-        "n_random": n_random,
-        "traps": traps,
-    }
-    report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=options)
+    results = analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
+    report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)
     return report

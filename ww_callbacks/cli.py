@@ -35,26 +35,28 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
-import os
-import pickle
 import sys
 import time
-import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
+from ._util import first_line, jsonable
 from .analysis import analyze
+from .io import WeightsFileError, load_weights
 from .layers import LayerWeights, snapshot
+from .spectral.catalog import METRICS
+from .spectral.options import AnalysisOptions
 from .spectral.report import LayerResult, SpectralReport
+from .spectral.text import csv_text, format_report, format_table, format_value
+
+__all__ = ["CLIError", "build_parser", "format_report", "format_table", "load_weights", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -63,149 +65,12 @@ PROG = "ww-callbacks"
 #: Exit code for a bad input file or a usage error (argparse uses 2 as well).
 EXIT_BAD_INPUT = 2
 
-#: Columns of the per-layer table, in order; the mp_fit columns are added when they were computed.
-TABLE_COLUMNS = (
-    "layer_id",
-    "name",
-    "layer_type",
-    "N",
-    "M",
-    "rf",
-    "alpha",
-    "alpha_weighted",
-    "log_spectral_norm",
-    "stable_rank",
-    "rand_distance",
-)
-MP_COLUMNS = ("num_spikes", "mp_softrank")
-
-#: Summary metrics shown by ``history`` (those present in the file are used).
-HISTORY_METRICS = (
-    "alpha",
-    "alpha_weighted",
-    "log_spectral_norm",
-    "stable_rank",
-    "rand_distance",
-    "mp_softrank",
-)
-
-_TORCH_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
-_KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
-_SAFETENSORS_SUFFIXES = {".safetensors"}
-# Keys under which training loops commonly nest the weights inside a checkpoint dict.
-_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module")
+#: Summary metrics shown by ``history`` (those present in the file are used); see the metric table.
+HISTORY_METRICS = tuple(name for name, info in METRICS.items() if info.history_table)
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line on stderr, exit code 2."""
-
-
-# --------------------------------------------------------------------------------------------------- formatting
-
-
-def _format_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isnan(value):
-            return "-"
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3e}"
-        return f"{value:.4f}"
-    return str(value)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Render ``rows`` as a plain-text table with one line per row; text left-aligned, numbers right-aligned.
-
-    NaN and None print as ``-``; floats with 4 decimals (scientific notation when very small or large).
-
-    Example:
-        >>> print(format_table([{"name": "fc1", "alpha": 3.14159}], ["name", "alpha"]))
-        name   alpha
-        fc1   3.1416
-    """
-    cells = [[_format_value(row.get(col)) for col in columns] for row in rows]
-    numeric = [
-        all(
-            isinstance(row.get(col), (int, float, np.number)) and not isinstance(row.get(col), bool)
-            for row in rows
-        )
-        for col in columns
-    ]
-    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(list(columns))] + [line(r) for r in cells])
-
-
-def format_report(report: SpectralReport, *, columns: Sequence[str] | None = None) -> str:
-    """The per-layer table of ``report``, the reasons for skipped layers, and the summary, as text.
-
-    Example:
-        >>> import numpy as np, ww_callbacks
-        >>> report = ww_callbacks.analyze({"fc.weight": np.random.default_rng(0).normal(size=(64, 32))}, seed=0)
-        >>> print(format_report(report))  # doctest: +ELLIPSIS
-        layer_id  name  layer_type ...
-    """
-    if columns is None:
-        columns = list(TABLE_COLUMNS)
-        if report.options.get("mp_fit"):
-            columns += list(MP_COLUMNS)
-        if not report.options.get("randomize", True):
-            columns.remove("rand_distance")
-        columns += ["status"]
-        if any(lr.warning for lr in report.layers):
-            columns += ["warning"]
-    rows = report.to_rows()
-    out = [format_table(rows, columns)]
-    skipped = [lr for lr in report.layers if not lr.ok]
-    if skipped:
-        out.append("")
-        out.extend(f"{lr.longname}: {lr.status}" + (f" ({lr.reason})" if lr.reason else "") for lr in skipped)
-    out.append("")
-    out.append(f"summary: mean over the {report.num_summarized} of {len(report)} layers whose fit succeeded")
-    summary = report.summary
-    width = max((len(k) for k in summary), default=0)
-    out.extend(f"  {name.ljust(width)}  {_format_value(value)}" for name, value in summary.items())
-    return "\n".join(out)
-
-
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN: write null so that every JSON reader accepts the file.
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
-def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def _emit(text: str, destination: str) -> None:
@@ -218,193 +83,6 @@ def _emit(text: str, destination: str) -> None:
         path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     except OSError as exc:
         raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-# --------------------------------------------------------------------------------------------------- loading
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
-
-
-def _sniff_format(path: Path) -> str | None:
-    """Guess the format of a file without a known suffix from its first bytes."""
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return None
-        if "model.weights.h5" in names or "config.json" in names:
-            return "keras"
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        return None
-    if head.startswith(b"\x89HDF"):
-        return "keras"
-    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format
-        return "torch"
-    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON header
-        return "safetensors"
-    return None
-
-
-def _detect_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in _TORCH_SUFFIXES:
-        return "torch"
-    if suffix in _SAFETENSORS_SUFFIXES:
-        return "safetensors"
-    if suffix in _KERAS_SUFFIXES:
-        return "keras"
-    fmt = _sniff_format(path)
-    if fmt is None:
-        raise CLIError(
-            f"{path}: not a recognized model file (expected a .ckpt, .pt, .pth, .safetensors or .keras file)"
-        )
-    return fmt
-
-
-def _is_tensor_like(value: Any) -> bool:
-    return hasattr(value, "shape") and hasattr(value, "dtype")
-
-
-def _tensors_to_numpy(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Torch tensors to numpy arrays, so that the numbers do not depend on the file format (the core shuffles
-    torch tensors with a torch generator). Dtypes numpy lacks (bfloat16, float8 ...) become float32; tied
-    tensors stay tied (one conversion per storage), so the analysis still counts them once."""
-    import torch
-
-    converted: dict[tuple[Any, ...], np.ndarray] = {}
-    out = {}
-    for name, tensor in tensors.items():
-        tensor = tensor.detach().cpu()
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
-        if key not in converted:
-            if tensor.is_floating_point() and tensor.dtype not in (
-                torch.float16,
-                torch.float32,
-                torch.float64,
-            ):
-                converted[key] = tensor.to(torch.float32).numpy()
-            else:
-                converted[key] = tensor.numpy()
-        out[str(name)] = converted[key]
-    return out
-
-
-def _state_dict_of(obj: Any, path: Path) -> dict[str, np.ndarray]:
-    if not isinstance(obj, Mapping):
-        raise CLIError(f"{path}: holds a {type(obj).__name__}, not a state dict or a checkpoint")
-    tensors = obj
-    for key in _NESTED_STATE_KEYS:
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and any(_is_tensor_like(v) for v in inner.values()):
-            tensors = inner
-            break
-    return _tensors_to_numpy({k: v for k, v in tensors.items() if _is_tensor_like(v)})
-
-
-def _load_torch(path: Path) -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError as exc:
-        raise CLIError(f"{path}: reading torch checkpoints needs torch: pip install torch") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
-            raise CLIError(
-                f"{path}: holds pickled Python objects that safe loading refuses; "
-                "save model.state_dict() (or a Lightning checkpoint) instead"
-            ) from exc
-        raise CLIError(f"{path}: not a torch checkpoint ({_first_line(exc)})") from exc
-    except Exception as exc:  # truncated zips, text files, ...: torch raises many types
-        raise CLIError(f"{path}: cannot read as a torch checkpoint ({_first_line(exc)})") from exc
-    return _state_dict_of(obj, path)
-
-
-def _load_safetensors(path: Path) -> dict[str, Any]:
-    try:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-    except ImportError as exc:
-        raise CLIError(
-            f"{path}: reading .safetensors files needs safetensors: pip install safetensors"
-        ) from exc
-    try:
-        return dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError) as exc:  # truncated, not safetensors, unreadable
-        raise CLIError(f"{path}: cannot read as safetensors ({_first_line(exc)})") from exc
-    except TypeError as exc:  # a dtype numpy lacks (bfloat16, float8 ...): torch can read it
-        numpy_error = exc
-    try:
-        from safetensors.torch import load_file as load_torch_file
-    except ImportError:
-        raise CLIError(
-            f"{path}: cannot read as safetensors without torch ({_first_line(numpy_error)})"
-        ) from numpy_error
-    try:
-        tensors = load_torch_file(str(path), device="cpu")
-    except Exception as exc:
-        raise CLIError(f"{path}: cannot read as safetensors ({_first_line(exc)})") from exc
-    return _tensors_to_numpy(tensors)
-
-
-def _load_keras(path: Path) -> Any:
-    # Check the container first: clearer than Keras' message, and no backend import for a bad file.
-    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
-        raise CLIError(
-            f"{path}: cannot read as a Keras model (not a zip archive: truncated or another format)"
-        )
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        with path.open("rb") as fh:
-            if not fh.read(8).startswith(b"\x89HDF"):
-                raise CLIError(f"{path}: cannot read as a Keras model (not an HDF5 file)")
-    if "tensorflow" not in sys.modules:
-        # Only weights are read: TensorFlow's start-up banners would bury the output (users may override).
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    try:
-        import keras
-    except ImportError as exc:
-        raise CLIError(f"{path}: reading Keras models needs keras: pip install keras") from exc
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as exc:  # keras raises ValueError, OSError, BadZipFile, TypeError ... for bad files
-        raise CLIError(f"{path}: cannot read as a Keras model ({_first_line(exc)})") from exc
-
-
-def load_weights(path: str | Path) -> Any:
-    """Load the model or weights saved in ``path`` for `ww_callbacks.analyze`.
-
-    Returns a mapping of names to numpy arrays (torch checkpoints, state dicts, safetensors) or a Keras
-    model. Torch files are loaded with ``weights_only=True`` (no code from the file runs); a Lightning
-    checkpoint's ``state_dict`` is used. Raises `CLIError` with a one-line message for anything else.
-
-    Example:
-        >>> import numpy as np, tempfile, os
-        >>> from safetensors.numpy import save_file
-        >>> f = os.path.join(tempfile.mkdtemp(), "m.safetensors")
-        >>> save_file({"fc.weight": np.ones((4, 3), dtype=np.float32)}, f)
-        >>> sorted(load_weights(f))
-        ['fc.weight']
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"{path}: no such file")
-    if path.is_dir():
-        raise CLIError(f"{path}: is a directory, expected a model file")
-    fmt = _detect_format(path)
-    log.debug("loading %s as %s", path, fmt)
-    if fmt == "torch":
-        return _load_torch(path)
-    if fmt == "safetensors":
-        return _load_safetensors(path)
-    return _load_keras(path)
 
 
 # --------------------------------------------------------------------------------------------------- analyze
@@ -437,7 +115,7 @@ def _analyze_path(args: argparse.Namespace) -> SpectralReport:
     try:
         found = snapshot(model, layers=_parse_layers(args.layers))
     except (TypeError, ValueError) as exc:
-        raise CLIError(f"{path}: cannot find layers ({_first_line(exc)})") from exc
+        raise CLIError(f"{path}: cannot find layers ({first_line(exc)})") from exc
     if not found:
         what = "matching --layers " + args.layers if args.layers else "(dense, conv1d, conv2d or embedding)"
         raise CLIError(f"{path}: no analyzable layer {what}")
@@ -479,7 +157,7 @@ def _save_esd_plots(report: SpectralReport, directory: str) -> list[Path]:
             plot_esd(lr).savefig(target, dpi=100)
             saved.append(target)
     except ImportError as exc:
-        raise CLIError(f"--plots needs matplotlib: pip install matplotlib ({_first_line(exc)})") from exc
+        raise CLIError(f"--plots needs matplotlib: pip install matplotlib ({first_line(exc)})") from exc
     except OSError as exc:
         raise CLIError(f"cannot write plots to {out}: {exc.strerror or exc}") from exc
     return saved
@@ -498,9 +176,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             "num_summarized": report.num_summarized,
             **report.to_dict(),
         }
-        _emit(json.dumps(_jsonable(payload), indent=2, allow_nan=False), args.json)
+        _emit(json.dumps(jsonable(payload), indent=2, allow_nan=False), args.json)
     if args.csv is not None:
-        _emit(_csv_text(report.to_rows()), args.csv)
+        _emit(csv_text(report.to_rows()), args.csv)
     if "-" not in (args.json, args.csv):
         print(format_report(report))
         print(f"\nanalyzed {len(report)} layers of {args.path} in {report.elapsed:.2f} s")
@@ -534,13 +212,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
         rows = load_history(path, as_pandas=False)
         epochs = summarize_history(rows)
     except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as exc:
-        raise CLIError(f"{path}: cannot read as a ww-callbacks history file ({_first_line(exc)})") from exc
+        raise CLIError(f"{path}: cannot read as a ww-callbacks history file ({first_line(exc)})") from exc
     if not epochs:
         raise CLIError(f"{path}: the history file holds no analysis")
     # Show the metrics that were computed (rand_distance needs randomize, mp_softrank needs mp_fit).
     metrics = [m for m in HISTORY_METRICS if any(not _isnan(e.get(m)) for e in epochs)]
     if args.json is not None:
-        _emit(json.dumps(_jsonable(epochs), indent=2, allow_nan=False), args.json)
+        _emit(json.dumps(jsonable(epochs), indent=2, allow_nan=False), args.json)
     if args.json != "-":
         print(format_table(epochs, ["epoch", "step", "num_summarized", *metrics]))
         if len(epochs) > 1:
@@ -550,7 +228,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
             for m in metrics:
                 change = last[m] - first[m]
                 print(
-                    f"  {m.ljust(width)}  {_format_value(first[m])} -> {_format_value(last[m])}  ({change:+.4f})"
+                    f"  {m.ljust(width)}  {format_value(first[m])} -> {format_value(last[m])}  ({change:+.4f})"
                 )
     stream = sys.stderr if args.json == "-" else sys.stdout
     for target, kind in ((args.plot, "history"), (args.heatmap, "alpha heatmap")):
@@ -576,9 +254,9 @@ def _save_history_plot(rows: Any, target: str, kind: str, metrics: Sequence[str]
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=100)
     except ImportError as exc:
-        raise CLIError(f"plots need matplotlib: pip install matplotlib ({_first_line(exc)})") from exc
+        raise CLIError(f"plots need matplotlib: pip install matplotlib ({first_line(exc)})") from exc
     except (KeyError, ValueError) as exc:  # e.g. --metrics names a metric the file does not have
-        raise CLIError(f"cannot plot the {kind} ({_first_line(exc)})") from exc
+        raise CLIError(f"cannot plot the {kind} ({first_line(exc)})") from exc
     except OSError as exc:
         raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -636,9 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--mp-fit", action="store_true", help="also fit the Marchenko-Pastur bulk (num_spikes ...)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the weight shuffles (default: 0)")
-    p.add_argument("--min-evals", type=int, default=8, help="skip layers with fewer eigenvalues (default: 8)")
+    defaults = AnalysisOptions()
     p.add_argument(
-        "--max-evals", type=int, default=15000, help="skip layers with more eigenvalues (default: 15000)"
+        "--min-evals",
+        type=int,
+        default=defaults.min_evals,
+        help=f"skip layers with fewer eigenvalues (default: {defaults.min_evals})",
+    )
+    p.add_argument(
+        "--max-evals",
+        type=int,
+        default=defaults.max_evals,
+        help=f"skip layers with more eigenvalues (default: {defaults.max_evals})",
     )
     p.add_argument(
         "--progress",
@@ -683,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except CLIError as exc:
+    except (CLIError, WeightsFileError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

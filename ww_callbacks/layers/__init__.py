@@ -5,10 +5,10 @@ This package is the only place that knows framework types; every framework impor
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._util import is_keras_layer, is_torch_module
 from .base import CONV_SCALE, LAYER_KINDS, LayerWeights, select_layers
 
 __all__ = ["CONV_SCALE", "LAYER_KINDS", "LayerWeights", "select_layers", "snapshot"]
@@ -17,18 +17,6 @@ SUPPORTED = (
     "a torch.nn.Module, a Keras 3 Model or Layer, a mapping of layer names to arrays or tensors "
     "(e.g. a state dict), or a list of LayerWeights"
 )
-
-
-def _is_torch_module(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
-
-
-def _is_keras_layer(obj: Any) -> bool:
-    keras = sys.modules.get("keras")
-    if keras is None:
-        return False
-    return isinstance(obj, keras.layers.Layer)
 
 
 def snapshot(model: Any, *, layers: Any = None, copy: bool = True) -> list[LayerWeights]:
@@ -48,11 +36,11 @@ def snapshot(model: Any, *, layers: Any = None, copy: bool = True) -> list[Layer
         and all(isinstance(lw, LayerWeights) for lw in model)
     ):
         found = list(model)
-    elif _is_keras_layer(model):  # before torch: on Keras' torch backend, Keras layers are torch modules too
+    elif is_keras_layer(model):  # before torch: on Keras' torch backend, Keras layers are torch modules too
         from .keras import snapshot_keras
 
         found = snapshot_keras(model, copy=copy)
-    elif _is_torch_module(model):
+    elif is_torch_module(model):
         from .torch import snapshot_torch
 
         found = snapshot_torch(model, copy=copy)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .base import LayerWeights
-from .mapping import conv1d_layer, conv2d_layer, dense_layer, mark_tied
+from .builders import conv1d_layer, conv2d_layer, dense_layer, mark_tied
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
+from .._util import is_keras_layer
 from .base import LayerWeights
-from .mapping import conv1d_layer, conv2d_layer, dense_layer, mark_tied, storage_identity
+from .builders import conv1d_layer, conv2d_layer, dense_layer, mark_tied, storage_identity
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
     """
     import torch
 
-    if _is_keras_layer(module):  # on Keras' torch backend, Keras layers are torch modules too
+    if is_keras_layer(module):  # on Keras' torch backend, Keras layers are torch modules too
         from .keras import snapshot_keras
 
         return snapshot_keras(module, copy=copy)
@@ -167,11 +167,6 @@ def _weight_of(mod: Any, torch: Any) -> Any:
     if weight.layout != torch.strided or weight.is_complex() or weight.is_quantized or weight.is_meta:
         return None
     return weight.detach()
-
-
-def _is_keras_layer(obj: Any) -> bool:
-    keras = sys.modules.get("keras")
-    return keras is not None and isinstance(obj, keras.layers.Layer)
 
 
 def _without_parity(layer: LayerWeights) -> LayerWeights:

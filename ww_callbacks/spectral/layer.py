@@ -7,15 +7,15 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..layers.base import LayerWeights
 from . import esd
+from .catalog import METRICS
 from .marchenko_pastur import fit_marchenko_pastur
 from .metrics import esd_statistics, jensen_shannon_distance, norm_metrics
+from .options import AnalysisOptions
 from .powerlaw import fit_power_law
 from .report import (
     STATUS_ERROR,
@@ -26,26 +26,17 @@ from .report import (
     STATUS_ZERO,
     LayerResult,
 )
+from .weights import LayerWeights
 
 log = logging.getLogger(__name__)
+
+_DEFAULT_OPTIONS = AnalysisOptions()
 
 #: Below this many eigenvalues weightwatcher pools 5 shuffled replicas for max_rand_eval and the random MP fit.
 FEW_EVALS = 100
 REPLICAS_FEW_EVALS = 5
-#: Thresholds of weightwatcher's over-/under-trained warning.
-OVER_TRAINED = 2.0
-UNDER_TRAINED = 6.0
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    randomize: bool = True
-    mp_fit: bool = False
-    min_evals: int = 8
-    max_evals: int = 15000
-    max_N: int = 50000
-    n_random: int = 1
-    traps: bool = True
+#: Thresholds of weightwatcher's over-/under-trained warning: the healthy alpha range of the metric table.
+OVER_TRAINED, UNDER_TRAINED = METRICS["alpha"].healthy or (2.0, 6.0)
 
 
 def _size_status(lw: LayerWeights, opts: AnalysisOptions) -> tuple[str, str] | None:
@@ -212,16 +203,10 @@ def analyze_layers(
     layers: Sequence[LayerWeights],
     *,
     rng: np.random.Generator | np.random.RandomState,
-    randomize: bool = True,
-    mp_fit: bool = False,
-    min_evals: int = 8,
-    max_evals: int = 15000,
-    max_N: int = 50000,
-    n_random: int = 1,
-    traps: bool = True,
+    opts: AnalysisOptions = _DEFAULT_OPTIONS,
     n_jobs: int | None = None,
 ) -> list[LayerResult]:
-    """Analyze every layer; results keep the input order.
+    """Analyze every layer with the options ``opts``; results keep the input order.
 
     With a ``Generator`` each layer gets its own child generator (``rng.spawn``), so results do not depend on
     threading. With a legacy ``RandomState`` the layers run one after another and the layers weightwatcher analyzes
@@ -233,7 +218,6 @@ def analyze_layers(
         >>> [r.name for r in analyze_layers([lw], rng=np.random.default_rng(0))]
         ['fc']
     """
-    opts = AnalysisOptions(randomize, mp_fit, min_evals, max_evals, max_N, n_random, traps)
     if not layers:
         return []
     if isinstance(rng, np.random.RandomState):

@@ -10,17 +10,7 @@ from typing import Any
 
 import numpy as np
 
-#: Metrics averaged into `SpectralReport.summary` (weightwatcher's ``get_summary`` columns plus rand_distance).
-SUMMARY_METRICS = (
-    "alpha",
-    "alpha_weighted",
-    "log_norm",
-    "log_spectral_norm",
-    "log_alpha_norm",
-    "stable_rank",
-    "rand_distance",
-    "mp_softrank",
-)
+from .catalog import SUMMARY_METRICS, metric_available
 
 #: Layer status values. Only "success" layers enter the summary.
 STATUS_SUCCESS = "success"
@@ -197,12 +187,11 @@ class SpectralReport:
     def summary(self) -> dict[str, float]:
         """Mean of each of `SUMMARY_METRICS` over layers whose fit succeeded (NaN where none)."""
         ok = self.summarized_layers
-        out = {m: _nanmean([getattr(lr, m) for lr in ok]) for m in SUMMARY_METRICS}
-        if not self.options.get("randomize", True):
-            out.pop("rand_distance")
-        if not self.options.get("mp_fit", False):
-            out.pop("mp_softrank")
-        return out
+        return {
+            m: _nanmean([getattr(lr, m) for lr in ok])
+            for m in SUMMARY_METRICS
+            if metric_available(m, self.options)
+        }
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One plain dict per layer with every scalar column."""
