@@ -40,7 +40,7 @@ def main(out: str) -> None:
         "stop_reason": stopper.stop_reason,
         "history": stopper.history,
         "seen": {str(k): v for k, v in model.seen.items()},
-        "analysis_time": stopper.monitor.analysis_time + second.monitor.analysis_time,
+        "analysis_time": stopper.engine.analysis_time + second.engine.analysis_time,
         "seeds": [stopper.seed, second.seed],
         "last_summary": stopper.last_report.summary if stopper.last_report is not None else None,
     }

@@ -150,7 +150,7 @@ def test_keys_every_epoch_in_history_csv_and_history_file(tmp_path):
     for epoch in (0, 2):
         twin = tiny_mlp(seed=1)
         twin.set_weights(recorder.weights[epoch])
-        expected = ww_callbacks.analyze(snapshot_keras(twin), rng=ww.monitor.rng_for(epoch))
+        expected = ww_callbacks.analyze(snapshot_keras(twin), rng=ww.engine.rng_for(epoch))
         for layer in expected.layers:
             for metric in metrics:
                 got = history.history[f"ww/{layer.longname}/{metric}"][epoch]
@@ -391,7 +391,7 @@ def test_multi_head_attention_and_einsum_dense_layers():
         assert ww.last_report[name].N == (24 if name == "mix" else 16)
         assert len(history.history[f"ww/{name}/alpha"]) == 2
     assert all(math.isfinite(v) for v in history.history["ww/alpha"])
-    expected = ww_callbacks.analyze(snapshot_keras(model), rng=ww.monitor.rng_for(1))
+    expected = ww_callbacks.analyze(snapshot_keras(model), rng=ww.engine.rng_for(1))
     assert history.history["ww/alpha"][1] == pytest.approx(expected.summary["alpha"], rel=1e-12)
 
 

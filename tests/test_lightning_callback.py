@@ -149,7 +149,7 @@ def test_plateau_counts_analyses_and_respects_every_n_epochs(tmp_path):
     assert "ww/alpha" not in model.seen[0] and "ww/alpha" in model.seen[1]
 
 
-def test_issue_example_with_any_of_runs(tmp_path):
+def test_any_of_alpha_below_and_plateau_stops_on_alpha_and_feeds_both(tmp_path):
     _, mod = namespace_modules("lightning.pytorch")
     rule = AnyOf(AlphaBelow(2.0), Plateau("rand_distance", mode="max", patience=3, min_delta=1e-3))
     ww = mod.WeightWatcherCallback(early_stopping=rule, seed=0)

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ww_callbacks._monitor import DEFAULT_METRICS, SpectralMonitor
+from ww_callbacks.engine import DEFAULT_METRICS, SpectralMonitor
 from ww_callbacks.layers import snapshot
 from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau
 
@@ -179,7 +179,7 @@ def test_history_sink_writes_every_processed_report(tmp_path):
 def test_wandb_is_never_imported_or_created_unasked():
     code = (
         "import sys, numpy as np\n"
-        "from ww_callbacks._monitor import SpectralMonitor\n"
+        "from ww_callbacks.engine import SpectralMonitor\n"
         "m = SpectralMonitor(seed=0)\n"
         "assert m.resolve_wandb_run() is None\n"
         "m.run({'fc.weight': np.random.default_rng(0).normal(size=(50, 20))}, epoch=0)\n"

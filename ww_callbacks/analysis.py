@@ -1,4 +1,4 @@
-"""`analyze()`: the one call that runs the whole spectral analysis on a model, a state dict or a file.
+"""`analyze()`: the one call that runs the whole spectral analysis on a model or a state dict.
 
 The functional half of the package (as in torchmetrics): the callbacks' engine (`ww_callbacks.engine`) calls
 this function and adds only scheduling, state and logging.
@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .io import is_path, load_weights
 from .layers import LayerWeights, snapshot
 from .spectral.layer import analyze_layers
 from .spectral.options import AnalysisOptions
@@ -48,9 +47,9 @@ def analyze(
 
     Args:
         model: a ``torch.nn.Module``, a Keras 3 ``Model``/``Layer``, a mapping of names to arrays or tensors
-            (a state dict, or a checkpoint dict holding one under ``state_dict``, ``model``, ``module`` ...), a
-            list of `LayerWeights` from `ww_callbacks.layers.snapshot`, or the path of a model file
-            (``.ckpt``, ``.pt``/``.pth``, ``.safetensors``, ``.keras``; read by `ww_callbacks.io.load_weights`).
+            (a state dict, or a checkpoint dict holding one under ``state_dict``, ``model``, ``module`` ...),
+            or a list of `LayerWeights` from `ww_callbacks.layers.snapshot`. For a model file, use
+            ``analyze(ww_callbacks.io.load_weights(path))``.
         layers: keep only these layers: names, globs (``"encoder.*"``), compiled regexes, kinds (``"dense"``,
             ``"conv2d"``, ``"embedding"``), classes or layer ids; a leading ``-`` excludes.
         randomize: also compare each layer's ESD with that of its shuffled weights (``rand_distance`` ...).
@@ -84,8 +83,6 @@ def analyze(
         n_random=n_random,
         traps=traps,
     )
-    if is_path(model):
-        model = load_weights(model)
     start = time.perf_counter()
     # No copy: the analysis runs now and never writes into the weights.
     found: Sequence[LayerWeights] = snapshot(model, layers=layers, copy=False)

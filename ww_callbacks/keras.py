@@ -19,13 +19,14 @@ Importing this module imports keras (and so the configured backend); importing `
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 
-from ._monitor import MonitorViews, SpectralMonitor
+from .engine import EngineViews, SpectralMonitor, WatchOptions
+from .engine.options import HistoryPath
+from .sinks.lifecycle import summary_line, wandb_options
 from .spectral.report import STATUS_NON_FINITE, SpectralReport
 from .stopping import StoppingRule
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 _NAN = float("nan")
 
 
-class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
+class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
@@ -79,8 +80,9 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
         seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``); None draws
             one from OS entropy.
-        history_path: write every report to this JSON-lines file (`ww_callbacks.load_history` reads it); None:
-            no file.
+        history_path: write every report to this JSON-lines file (`ww_callbacks.load_history` reads it). None
+            (default) or False: no file (Keras has no log directory to put a default file in); a path: that
+            file. Anything else (``True`` included) raises here.
         log_wandb: send each report (per-layer scalars, table, ESD histograms and plots) to the active
             ``wandb.run`` if wandb is already imported; wandb is never imported for this otherwise. The summary
             keys reach W&B through ``logs`` (add ``WandbMetricsLogger`` after this callback); the W&B step is the
@@ -92,6 +94,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         verbose: log (INFO) each analysis' summary, not only the stop and the restore.
 
     Attributes:
+        engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
         last_report: the latest `ww_callbacks.SpectralReport` (None before the first analysis).
         history: one dict per analyzed epoch (``epoch``, ``step`` (= epoch), summary metrics,
             ``num_summarized`` ...).
@@ -125,7 +128,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         mp_fit: bool = False,
         n_random: int = 1,
         seed: int | None = None,
-        history_path: str | os.PathLike[str] | None = None,
+        history_path: HistoryPath = None,
         log_wandb: bool = True,
         wandb_init_kwargs: Mapping[str, Any] | None = None,
         media_every_n_epochs: int | None = None,
@@ -133,23 +136,12 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         verbose: bool = False,
     ) -> None:
         super().__init__()
-        self.monitor = SpectralMonitor(
-            every_n_epochs=every_n_epochs,
-            metrics=metrics,
-            per_layer=per_layer,
-            prefix=prefix,
-            layers=layers,
-            randomize=randomize,
-            mp_fit=mp_fit,
-            seed=seed,
-            n_random=n_random,
-            early_stopping=early_stopping,
-            analyze_kwargs=analyze_kwargs,
-            history_path=history_path,
-            log_wandb=log_wandb,
-            wandb_init_kwargs=wandb_init_kwargs,
-            media_every_n_epochs=media_every_n_epochs,
-        )
+        if history_path is True:
+            raise ValueError(
+                "history_path=True asks for the default history file, but Keras has no log directory: "
+                "pass a file path (or None/False for no file)"
+            )
+        self.engine = SpectralMonitor(WatchOptions.pick(locals()))
         if restore_best_weights and (early_stopping is None or early_stopping.monitor is None):
             raise ValueError(
                 "restore_best_weights=True needs an early_stopping rule that monitors a metric "
@@ -164,7 +156,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         self._resumed = False
         self._first_epoch_pending = True
 
-    # ------------------------------------------------------------------ public views of the monitor
+    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """History, rule state, seed, stop and best epoch as plain Python values (the best weights are not kept).
 
@@ -172,7 +164,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
             >>> sorted(WeightWatcherCallback(seed=0).state_dict())[:3]
             ['best_epoch', 'best_value', 'history']
         """
-        return {**self.monitor.state_dict(), "best_epoch": self.best_epoch, "best_value": self._best_value}
+        return {**self.engine.state_dict(), "best_epoch": self.best_epoch, "best_value": self._best_value}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; the next ``fit`` then continues that history and patience instead of resetting.
@@ -182,7 +174,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
             >>> ww.load_state_dict(WeightWatcherCallback(seed=5).state_dict()); ww.seed
             5
         """
-        self.monitor.load_state_dict(state)
+        self.engine.load_state_dict(state)
         best_epoch, best_value = state.get("best_epoch"), state.get("best_value")
         self.best_epoch = None if best_epoch is None else int(best_epoch)
         self._best_value = None if best_value is None else float(best_value)
@@ -193,7 +185,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self._resumed:
             # Like Keras' EarlyStopping: an instance reused for another fit starts afresh.
-            self.monitor.reset()
+            self.engine.reset()
             self.best_epoch, self._best_value = None, None
         self._resumed = False
         self.best_weights = None
@@ -205,7 +197,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         epoch = int(epoch)
         values: dict[str, float] = {}
         # The first epoch of fit too: Keras' monitoring callbacks would otherwise start from a NaN "best".
-        if self.monitor.should_run(epoch) or self._first_epoch_pending:
+        if self.engine.should_run(epoch) or self._first_epoch_pending:
             values = self._analyze(epoch)
         self._first_epoch_pending = False
         if logs is None:
@@ -220,36 +212,35 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
             if self.restore_best_weights and self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
                 log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
-            elif self.restore_best_weights and self.monitor.history:
-                self.monitor.warn(
+            elif self.restore_best_weights and self.engine.history:
+                self.engine.warn(
                     f"restore_best_weights: no analyzed epoch qualified as best for {self.early_stopping!r}; "
                     "the weights of the last epoch are kept"
                 )
         finally:
-            self.monitor.close_sinks()
+            self.engine.close_sinks()
 
     # ------------------------------------------------------------------ the work
     def _analyze(self, epoch: int) -> dict[str, float]:
-        report = self.monitor.analyze(self.model, epoch=epoch)  # None (warned) if it failed
+        report = self.engine.analyze(self.model, epoch=epoch)  # None (warned) if it failed
         epochs = (self.params or {}).get("epochs")
         is_last = epochs is not None and epoch + 1 >= int(epochs)
         # Keras has no global step in its callbacks: the epoch is the step (also W&B's x-axis).
-        result = self.monitor.process(report, epoch=epoch, step=epoch, is_last=is_last)
+        result = self.engine.process(report, epoch=epoch, step=epoch, is_last=is_last)
         if result.report is None:
             return {}
         if self.verbose:
-            summary = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if k.count("/") <= 1)
-            log.info("WeightWatcherCallback epoch %d: %s", epoch, summary)
+            log.info("%s", summary_line(epoch, result.metrics))
         if self.restore_best_weights:
             self._track_best(result.report, epoch)
         if result.stop and result.decision is not None:
             self.model.stop_training = True
-            self.monitor.record_stop(epoch, result.decision.reason)
+            self.engine.record_stop(epoch, result.decision.reason)
             log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
         return result.metrics
 
     def _track_best(self, report: SpectralReport, epoch: int) -> None:
-        rule = self.monitor.early_stopping
+        rule = self.engine.early_stopping
         if rule is None or rule.monitor is None:
             return
         if any(layer.status == STATUS_NON_FINITE for layer in report.layers):
@@ -260,37 +251,34 @@ class WeightWatcherCallback(keras.callbacks.Callback, MonitorViews):
         try:
             weights = self.model.get_weights()
         except Exception as exc:  # never stop training for the restore feature
-            self.monitor.warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
+            self.engine.warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
             return
         self._best_value, self.best_epoch, self.best_weights = current, epoch, weights
 
     def _fixed_keys(self) -> list[str]:
         """Keys written every epoch: the summary metrics, and each layer's when ``per_layer``."""
-        prefix, metrics = self.monitor.prefix, self.monitor.metrics
+        prefix, metrics = self.engine.prefix, self.engine.metrics
         keys = [f"{prefix}{metric}" for metric in metrics]
-        if self.monitor.per_layer and self.model is not None:
-            layers = self.monitor.snapshot(self.model) or []
+        if self.engine.per_layer and self.model is not None:
+            layers = self.engine.snapshot(self.model) or []
             keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in metrics]
         return keys
 
     def _open_sinks(self) -> None:
-        self.monitor.close_sinks()  # a previous fit that raised never reached on_train_end
+        self.engine.close_sinks()  # a previous fit that raised never reached on_train_end
         run = None
         try:
-            run = self.monitor.resolve_wandb_run()
+            run = self.engine.resolve_wandb_run()
         except Exception as exc:
-            self.monitor.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
-        options: dict[str, Any] = {"step_metric": "epoch"}
-        if self.monitor.owns_wandb_run(run):
-            # Our own run: nobody else logs the summaries to it.
-            options.update(log_summary=True, per_layer=True)
-        else:
-            # The user's run: ``logs`` reach it through WandbMetricsLogger (per-layer keys too with per_layer).
-            options.update(log_summary=False, per_layer=not self.monitor.per_layer)
-        history_path = self.monitor.history_path
-        self.monitor.open_sinks(
-            history_path=None if history_path is None else os.fspath(history_path), wandb_run=run, **options
+            self.engine.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
+        # Our own run: nobody else logs the summaries to it. The user's run: ``logs`` reach it through
+        # WandbMetricsLogger (per-layer keys too with per_layer).
+        options = wandb_options(
+            per_layer=self.engine.per_layer, summaries_elsewhere=not self.engine.owns_wandb_run(run)
+        )
+        self.engine.open_sinks(
+            history_path=self.engine.options.history_file(None), wandb_run=run, step_metric="epoch", **options
         )
 
     def __repr__(self) -> str:
-        return f"WeightWatcherCallback({self.monitor!r}, restore_best_weights={self.restore_best_weights})"
+        return f"WeightWatcherCallback({self.engine!r}, restore_best_weights={self.restore_best_weights})"

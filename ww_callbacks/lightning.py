@@ -1,7 +1,8 @@
 """`WeightWatcherCallback` for ``lightning.pytorch`` (the ``lightning`` package).
 
 Importing this module imports ``lightning`` but never ``pytorch_lightning``; for that namespace use
-`ww_callbacks.pytorch_lightning`, which holds the same callback.
+`ww_callbacks.pytorch_lightning`, which holds the same callback; both
+are written on `ww_callbacks._lightning_base.LightningWatcherMixin`.
 
 Example:
     >>> from lightning.pytorch import Trainer
@@ -13,8 +14,120 @@ Example:
 
 from __future__ import annotations
 
-from ._lightning_impl import HISTORY_FILENAME, build_callback_class
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from ._lightning_base import LightningWatcherMixin
+from .engine import HISTORY_FILENAME, WatchOptions
+from .engine.options import HistoryPath
+from .stopping import StoppingRule
+
+try:
+    from lightning.pytorch.loggers import WandbLogger
+except ImportError:  # pragma: no cover - depends on the Lightning version
+    WandbLogger = None  # type: ignore[assignment,misc]
 
 __all__ = ["HISTORY_FILENAME", "WeightWatcherCallback"]
 
-WeightWatcherCallback = build_callback_class("lightning.pytorch", __name__)
+
+class WeightWatcherCallback(LightningWatcherMixin, Callback):
+    """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for lightning.pytorch.
+
+    When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
+    default) or at the end of that epoch's validation (``run_on="validation_epoch_end"``), once per epoch and
+    only while fitting: sanity checks, ``fast_dev_run``, ``validate()``, ``test()`` and ``predict()`` are skipped.
+
+    What it does: reads the weights of the analyzable layers (Linear, Conv1d/2d, Embedding ...), runs
+    `ww_callbacks.analyze` on them and logs the summary metrics with ``pl_module.log`` as ``{prefix}{metric}``
+    (plus ``{prefix}{layer}/{metric}`` with ``per_layer=True``), so they reach every logger (CSV,
+    TensorBoard, MLflow, W&B ...) and ``trainer.callback_metrics``, where stock ``EarlyStopping`` and
+    ``ModelCheckpoint`` can monitor them (they run after this callback). Values that are not finite (no layer's
+    fit succeeded) are not logged. Lightning keeps the last logged value in ``callback_metrics``, so with
+    ``every_n_epochs > 1`` a stock ``EarlyStopping`` also counts the epochs in between; the ``early_stopping``
+    rules count analyses only. Optionally writes every report to a JSON-lines history file and to W&B.
+
+    Early stopping: the ``early_stopping`` rule (`ww_callbacks.stopping`) sees every report; when it says stop,
+    the decision is reduced over ranks (``reduce_boolean_decision``, any rank stops all) and turned into
+    ``trainer.should_stop`` once ``min_epochs``/``min_steps`` are met; ``stopped_epoch`` and ``stop_reason``
+    record it and the reason is logged.
+
+    Distributed: rank 0 analyzes and broadcasts the report; every rank then logs the same values, feeds its
+    rule the same report and stops at the same epoch. The shuffles of epoch ``e`` come from
+    ``numpy.random.default_rng([seed, e])``, so they do not depend on the rank or on resuming.
+
+    Resuming: ``state_dict()`` keeps the history, the rule's state (patience count ...), the seed and the last
+    report; the ``state_key`` includes the prefix, so several instances can share a checkpoint.
+
+    Args:
+        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``).
+        metrics: summary metrics to log (weightwatcher column names); default alpha, alpha_weighted,
+            log_spectral_norm and rand_distance.
+        per_layer: also log each layer's metrics.
+        prefix: prefix of the logged names and of the ``state_key``.
+        early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
+        run_on: ``"train_epoch_end"`` or ``"validation_epoch_end"``.
+        layers: only these layers (names, globs, kinds like ``"dense"``, ids; ``"-name"`` excludes).
+        randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
+        seed: seed of the randomized ESDs; None draws one from OS entropy (rank 0's is used everywhere).
+        history_path: JSON-lines history file, written on rank 0 (`ww_callbacks.load_history` reads it): None
+            (default) or True: ``<trainer.log_dir>/ww_history.jsonl``; False: no file; a path: that file. Anything
+            else raises ``TypeError`` here.
+        log_wandb: log reports (per-layer scalars, table, ESD histograms and plots) to the ``WandbLogger`` among
+            ``trainer.loggers``, else to an active ``wandb.run``; wandb is never imported for this otherwise.
+        wandb_init_kwargs: start a W&B run with these ``wandb.init`` arguments when there is none (the callback
+            then finishes it at the end of ``fit``).
+        media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
+        analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
+        verbose: log (INFO, rank 0) each analysis' summary, not only the stop.
+
+    Attributes:
+        engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
+        last_report: the latest `ww_callbacks.SpectralReport`.
+        history: one dict per analyzed epoch (epoch, step, summary metrics, num_summarized ...).
+        stopped_epoch: the epoch at which the rule stopped training, or None.
+        stop_reason: why ("" if it did not stop).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.callbacks import EarlyStopping
+        from ww_callbacks.lightning import WeightWatcherCallback
+        from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau
+
+        ww = WeightWatcherCallback(
+            early_stopping=AnyOf(AlphaBelow(2.0), Plateau("rand_distance", mode="max", patience=3, min_delta=1e-3)),
+        )
+        trainer = Trainer(max_epochs=50, callbacks=[ww, EarlyStopping(monitor="ww/alpha", mode="min", patience=5)])
+        trainer.fit(model, datamodule)
+        print(ww.stopped_epoch, ww.stop_reason, ww.last_report.to_pandas())
+    """
+
+    _rank_zero_info = staticmethod(rank_zero_info)
+    _wandb_logger_cls = WandbLogger
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        metrics: Sequence[str] | None = None,
+        per_layer: bool = False,
+        prefix: str = "ww/",
+        early_stopping: StoppingRule | None = None,
+        *,
+        run_on: str = "train_epoch_end",
+        layers: Any = None,
+        randomize: bool = True,
+        mp_fit: bool = False,
+        n_random: int = 1,
+        seed: int | None = None,
+        history_path: HistoryPath = None,
+        log_wandb: bool = True,
+        wandb_init_kwargs: Mapping[str, Any] | None = None,
+        media_every_n_epochs: int | None = None,
+        analyze_kwargs: Mapping[str, Any] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        self._init_watch(WatchOptions.pick(locals()), run_on=run_on)

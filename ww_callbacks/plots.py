@@ -34,14 +34,16 @@ except ImportError as exc:
         "ww_callbacks.plots needs matplotlib: pip install 'ww-callbacks[plot]' (or pip install matplotlib)"
     ) from exc
 
-from .sinks.history import _records, is_per_layer, summarize_history
+from ._util import finite_or_none
+from .sinks.history import as_records, is_per_layer, summarize_history
+from .spectral.catalog import METRICS
 from .spectral.report import LayerResult
 
-#: Metrics `plot_history` shows by default (those with at least one finite value).
-DEFAULT_HISTORY_METRICS = ("alpha", "alpha_weighted", "log_spectral_norm", "rand_distance")
+#: Metrics `plot_history` shows by default (those with at least one finite value): the metric table's defaults.
+DEFAULT_HISTORY_METRICS = tuple(name for name, info in METRICS.items() if info.default)
 
-#: weightwatcher's "well trained" alpha range, shaded on alpha panels.
-ALPHA_BAND = (2.0, 6.0)
+#: weightwatcher's "well trained" alpha range (the metric table's healthy range), shaded on alpha panels.
+ALPHA_BAND: tuple[float, float] = METRICS["alpha"].healthy or (2.0, 6.0)
 
 #: The ``gid`` of the shaded alpha band, so tools and tests can find it.
 ALPHA_BAND_GID = "ww-alpha-band"
@@ -71,14 +73,6 @@ def _log_bins(*arrays: np.ndarray, max_bins: int = 100) -> np.ndarray:
         lo, hi = lo / 1.5, hi * 1.5
     n = int(np.clip(np.sqrt(max(a.size for a in arrays)) * 2, 10, max_bins))
     return np.logspace(math.log10(lo), math.log10(hi), n + 1)
-
-
-def _finite_number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _esd_label(count: int, omitted: int) -> str:
@@ -155,8 +149,8 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
             rand_density, edges, color=_RAND_COLOR, linewidth=1.2, linestyle="--", label="randomized ESD"
         )
 
-    alpha = _finite_number(layer_result.alpha)
-    xmin = _finite_number(layer_result.xmin)
+    alpha = finite_or_none(layer_result.alpha)
+    xmin = finite_or_none(layer_result.xmin)
     if xmin is not None and xmin > 0:
         ax.axvline(xmin, color=_FIT_COLOR, linestyle=":", linewidth=1.2, label=f"xmin = {xmin:.3g}")
         if alpha is not None and alpha > 1:
@@ -166,7 +160,7 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
             x = np.logspace(np.log10(xmin), np.log10(evals.max()), 50)
             y = tail_share * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
             ax.plot(x, y, color=_FIT_COLOR, linewidth=2, label=f"power law, alpha = {alpha:.2f}")
-    bulk_max = _finite_number(layer_result.bulk_max)
+    bulk_max = finite_or_none(layer_result.bulk_max)
     if bulk_max is not None and bulk_max > 0:
         ax.axvline(
             bulk_max, color=_BULK_COLOR, linestyle="-.", linewidth=1.2, label=f"MP bulk edge = {bulk_max:.3g}"
@@ -190,7 +184,7 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
 
 def _epoch_summaries(history: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-epoch summaries, per-layer rows or []) from any accepted history form."""
-    rows = _records(history)
+    rows = as_records(history)
     if is_per_layer(rows):
         return summarize_history(rows), rows
     return sorted(rows, key=lambda r: r["epoch"]), []
@@ -198,12 +192,19 @@ def _epoch_summaries(history: Any) -> tuple[list[dict[str, Any]], list[dict[str,
 
 def _column(rows: list[dict[str, Any]], metric: str) -> np.ndarray:
     """``metric`` over ``rows`` as floats, NaN where missing or not finite."""
-    values = [_finite_number(row.get(metric)) for row in rows]
+    values = [finite_or_none(row.get(metric)) for row in rows]
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _shade_alpha_band(ax: Any) -> None:
-    ax.axhspan(*ALPHA_BAND, color="#2ca02c", alpha=0.12, gid=ALPHA_BAND_GID, label="2 ≤ alpha ≤ 6", zorder=0)
+    ax.axhspan(
+        *ALPHA_BAND,
+        color="#2ca02c",
+        alpha=0.12,
+        gid=ALPHA_BAND_GID,
+        label=f"{ALPHA_BAND[0]:g} ≤ alpha ≤ {ALPHA_BAND[1]:g}",
+        zorder=0,
+    )
 
 
 def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_layers: bool = True) -> Any:
@@ -262,7 +263,7 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
             xs = [r["epoch"] for r in rows_of_layer]
             ys = [
                 v
-                if (v := _finite_number(r.get(metric))) is not None and r.get("status") == "success"
+                if (v := finite_or_none(r.get(metric))) is not None and r.get("status") == "success"
                 else np.nan
                 for r in rows_of_layer
             ]
@@ -317,7 +318,7 @@ def plot_alpha_heatmap(history: Any, *, metric: str = "alpha", annotate: bool | 
         >>> fig.axes[0].get_ylabel()
         'layer'
     """
-    rows = _records(history)
+    rows = as_records(history)
     if not rows:
         raise ValueError("plot_alpha_heatmap: the history is empty")
     if not is_per_layer(rows):
@@ -335,7 +336,7 @@ def plot_alpha_heatmap(history: Any, *, metric: str = "alpha", annotate: bool | 
     epoch_index = {e: j for j, e in enumerate(epochs)}
     for r in rows:
         i, j = layer_index[r["layer"]], epoch_index[r["epoch"]]
-        value = _finite_number(r.get(metric))
+        value = finite_or_none(r.get(metric))
         status[i, j] = r.get("status", "success")
         if value is not None and status[i, j] == "success":
             grid[i, j] = value

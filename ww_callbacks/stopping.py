@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .spectral.report import SUMMARY_METRICS, SpectralReport
+from .spectral.catalog import SUMMARY_METRICS, missing_option
+from .spectral.report import SpectralReport
 
 __all__ = ["AllOf", "AlphaBelow", "AnyOf", "Plateau", "StopDecision", "StoppingRule"]
 
@@ -64,10 +65,9 @@ def _summary_value(report: SpectralReport, metric: str) -> float:
     """The summary value of ``metric``; a clear error when the analysis did not compute it."""
     summary = report.summary
     if metric not in summary:
-        needs = {"rand_distance": "randomize=True", "mp_softrank": "mp_fit=True"}.get(
-            metric, "another option"
+        raise ValueError(
+            f"metric {metric!r} is not in this report's summary: it needs {missing_option(metric)}"
         )
-        raise ValueError(f"metric {metric!r} is not in this report's summary: it needs {needs}")
     return float(summary[metric])
 
 
@@ -350,7 +350,7 @@ class Plateau(StoppingRule):
             **super().state_dict(),
             "wait_count": self.wait_count,
             "best_score": self.best_score,
-            "best_epoch": self.best_epoch_seen,
+            "best_epoch_seen": self.best_epoch_seen,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -358,7 +358,7 @@ class Plateau(StoppingRule):
         self.wait_count = int(state.get("wait_count", 0))
         best = state.get("best_score")
         self.best_score = None if best is None else float(best)
-        epoch = state.get("best_epoch")
+        epoch = state.get("best_epoch_seen", state.get("best_epoch"))  # older checkpoints: "best_epoch"
         self.best_epoch_seen = None if epoch is None else int(epoch)
 
     def reset(self) -> None:

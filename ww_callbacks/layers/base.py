@@ -15,6 +15,7 @@ from ..spectral.weights import CONV_SCALE, LAYER_KINDS, LayerWeights
 
 __all__ = ["CONV_SCALE", "LAYER_KINDS", "LayerWeights", "select_layers"]
 
+
 def _as_list(spec: Any) -> list[Any]:
     if spec is None:
         return []

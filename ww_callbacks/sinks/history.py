@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._util import finite_or_none, jsonable
 from ..spectral.report import STATUS_SUCCESS, SUMMARY_METRICS, LayerResult, SpectralReport
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,6 @@ INDEX_KEYS = ("epoch", "step", "layer")
 
 # Columns whose null means NaN (JSON has no NaN); derived from LayerResult so new metrics are covered.
 _FLOAT_COLUMNS = frozenset(f.name for f in dataclasses.fields(LayerResult) if f.type in ("float", float))
-
-
-def _to_json_value(value: Any) -> Any:
-    """Plain JSON value: numpy scalars become Python numbers, non-finite floats become null."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        value = value.item()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    return str(value)
 
 
 def history_rows(report: SpectralReport, *, epoch: int, step: int) -> list[dict[str, Any]]:
@@ -72,7 +58,7 @@ def history_rows(report: SpectralReport, *, epoch: int, step: int) -> list[dict[
     for layer in report.layers:
         row: dict[str, Any] = {"epoch": int(epoch), "step": int(step), "layer": layer.longname}
         for key, value in layer.to_row().items():
-            row.setdefault(key, _to_json_value(value))
+            row.setdefault(key, jsonable(value))
         rows.append(row)
     return rows
 
@@ -265,8 +251,13 @@ def load_history(path: PathLike, *, as_pandas: bool | None = None, dedupe: bool 
     return pd.DataFrame(rows)
 
 
-def _records(history: Any) -> list[dict[str, Any]]:
-    """Rows as a list of dicts, from a list of mappings or a pandas DataFrame."""
+def as_records(history: Any) -> list[dict[str, Any]]:
+    """Rows as a list of dicts, from a list of mappings or a pandas DataFrame.
+
+    Example:
+        >>> as_records([{"epoch": 0, "alpha": 3.0}])
+        [{'epoch': 0, 'alpha': 3.0}]
+    """
     if hasattr(history, "to_dict") and hasattr(history, "columns"):
         return [dict(r) for r in history.to_dict("records")]
     if isinstance(history, Mapping):
@@ -277,14 +268,6 @@ def _records(history: Any) -> list[dict[str, Any]]:
 def is_per_layer(rows: Iterable[Mapping[str, Any]]) -> bool:
     """True when ``rows`` are per-layer history rows (they have a ``layer`` key) rather than epoch summaries."""
     return any("layer" in row for row in rows)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:
@@ -311,7 +294,7 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
     """
     metrics = list(metrics)
     groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in _records(history):
+    for row in as_records(history):
         groups.setdefault(row["epoch"], []).append(row)
     out = []
     for epoch in sorted(groups):
@@ -324,7 +307,7 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
             "num_summarized": len(ok),
         }
         for metric in metrics:
-            values = [v for v in (_finite(r.get(metric)) for r in ok) if v is not None]
+            values = [v for v in (finite_or_none(r.get(metric)) for r in ok) if v is not None]
             summary[metric] = sum(values) / len(values) if values else math.nan
         out.append(summary)
     return out

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from .._util import finite_or_none, jsonable
+from ..spectral.catalog import METRICS
 from ..spectral.report import SpectralReport
-from .history import _to_json_value
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,8 @@ DEFAULT_MEDIA_EVERY_N_EPOCHS = 5
 #: W&B refuses histograms with more bins than this.
 MAX_HISTOGRAM_BINS = 512
 
-# Metrics whose W&B summary should be the best value rather than the last one.
-_SUMMARY_GOALS = {"alpha": "min", "rand_distance": "max"}
-
-
-def _finite_float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+# Metrics whose W&B summary should be the best value rather than the last one: the metric table's "better".
+_SUMMARY_GOALS = {name: info.better for name, info in METRICS.items() if info.better is not None}
 
 
 def _histogram(values: np.ndarray, max_bins: int = MAX_HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray]:
@@ -213,13 +205,13 @@ class WandbSink:
         out: dict[str, float] = {}
         if self.log_summary:
             for metric, value in report.summary.items():
-                if (number := _finite_float(value)) is not None:
+                if (number := finite_or_none(value)) is not None:
                     out[f"{self.prefix}{metric}"] = number
         if self.per_layer:
             metrics = self._layer_metrics(report)
             for layer in report.layers:
                 for metric in metrics:
-                    if (number := _finite_float(getattr(layer, metric, None))) is not None:
+                    if (number := finite_or_none(getattr(layer, metric, None))) is not None:
                         out[f"{self.prefix}{layer.longname}/{metric}"] = number
         return out
 
@@ -232,7 +224,7 @@ class WandbSink:
             for column in columns[3:]:
                 value = row.get(column)
                 # numpy scalars become Python ones; NaN stays NaN (the table shows it as such).
-                plain = _to_json_value(value)
+                plain = jsonable(value)
                 values.append(float("nan") if plain is None and isinstance(value, float) else plain)
             data.append(values)
         return wandb.Table(columns=columns, data=data)

@@ -90,7 +90,9 @@ def metric_available(metric: str, options: Mapping[str, Any] | Any) -> bool:
     if option is None:
         return True
     default = OPTION_DEFAULTS.get(option, False)
-    value = options.get(option, default) if isinstance(options, Mapping) else getattr(options, option, default)
+    value = (
+        options.get(option, default) if isinstance(options, Mapping) else getattr(options, option, default)
+    )
     return bool(value)
 
 

@@ -1,0 +1,238 @@
+"""The Lightning plumbing both Lightning callbacks share, written once as a mixin.
+
+`ww_callbacks.lightning` and `ww_callbacks.pytorch_lightning` each define ``class WeightWatcherCallback(
+LightningWatcherMixin, Callback)`` with their namespace's ``Callback``; what differs per namespace
+(``rank_zero_info``, ``WandbLogger``) is a class attribute there. This module imports neither namespace, so
+neither callback module pulls in the other. Everything that is not Lightning plumbing lives in the engine
+(`ww_callbacks.engine.SpectralMonitor`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .engine import EngineViews, MonitorResult, SpectralMonitor, WatchOptions
+from .sinks.lifecycle import summary_line, wandb_options
+from .spectral.report import SpectralReport
+from .stopping import StopDecision
+
+try:
+    from typing import override  # type: ignore[attr-defined]  # Python 3.12+
+except ImportError:  # pragma: no cover - depends on the Python version
+    from typing_extensions import override
+
+if TYPE_CHECKING:  # the hooks are checked against Lightning's Callback; at run time the base is `object`
+    from lightning.pytorch import Callback as _CallbackBase
+else:
+    _CallbackBase = object
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RUN_ON", "LightningWatcherMixin"]
+
+#: The hooks the analysis can run at.
+RUN_ON = ("train_epoch_end", "validation_epoch_end")
+
+
+class LightningWatcherMixin(EngineViews, _CallbackBase):  # type: ignore[misc,valid-type]
+    """Lightning hooks around a `SpectralMonitor`: schedule, rank 0 analyzes and broadcasts, log, stop, save.
+
+    A concrete callback sets `_rank_zero_info` and `_wandb_logger_cls` for its namespace and calls
+    `_init_watch` from ``__init__``.
+    """
+
+    #: ``rank_zero_info`` of the callback's Lightning namespace.
+    _rank_zero_info: ClassVar[Callable[[str], Any]]
+    #: ``WandbLogger`` of the callback's Lightning namespace (None if it has none).
+    _wandb_logger_cls: ClassVar[type | None] = None
+
+    engine: SpectralMonitor
+    run_on: str
+    verbose: bool
+
+    def _init_watch(self, options: WatchOptions, *, run_on: str) -> None:
+        if run_on not in RUN_ON:
+            raise ValueError(f"run_on must be one of {RUN_ON}, got {run_on!r}")
+        self.engine = SpectralMonitor(options)
+        self.run_on = run_on
+        self.verbose = options.verbose
+        self._last_epoch_run: int | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """Checkpoint key; includes the prefix so that several instances can coexist."""
+        return self._generate_state_key(prefix=self.engine.prefix)
+
+    # ---------------------------------------------------------------- lifecycle
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._last_epoch_run = None
+        if trainer.world_size > 1:
+            # Rank 0's seed everywhere (a checkpoint's, loaded later, is the same on every rank anyway).
+            self.engine.seed = int(trainer.strategy.broadcast(self.engine.seed, src=0))
+
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.fast_dev_run:
+            return
+        history_path = self._history_path(trainer)  # collective: every rank calls it
+        if not trainer.is_global_zero:
+            return
+        run, from_logger = self._wandb_run(trainer)
+        options = wandb_options(per_layer=self.engine.per_layer, summaries_elsewhere=from_logger)
+        self.engine.open_sinks(
+            history_path=history_path, wandb_run=run, step_metric="trainer/global_step", **options
+        )
+
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.engine.close_sinks()
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.engine.close_sinks()
+
+    @override
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.run_on == "train_epoch_end":
+            self._maybe_run(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.run_on == "validation_epoch_end":
+            self._maybe_run(trainer, pl_module)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state_dict)
+
+    # ---------------------------------------------------------------- the work
+    def _should_skip(self, trainer: Any) -> bool:
+        return bool(
+            trainer.sanity_checking
+            or trainer.fast_dev_run
+            or trainer.state.fn != "fit"
+            or not self.engine.should_run(trainer.current_epoch)
+            or self._last_epoch_run == trainer.current_epoch  # several validations in one epoch
+        )
+
+    def _maybe_run(self, trainer: Any, pl_module: Any) -> None:
+        # Every branch below depends only on values all ranks share, so collectives always pair up.
+        if self._should_skip(trainer):
+            return
+        epoch, step = int(trainer.current_epoch), self._logged_step(trainer)
+        self._last_epoch_run = epoch
+        report = self._analyze_and_share(trainer, pl_module, epoch)
+        result = self.engine.record(report, epoch=epoch, step=step)
+        self._log_metrics(trainer, pl_module, result)
+        stops = self.engine.early_stopping is not None and self._apply_decision(
+            trainer, result.decision, epoch
+        )
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: no limit
+        # "last" means training ends here: not when a rule fired but min_epochs/min_steps keep it going.
+        self.engine.emit(result, epoch=epoch, step=step, is_last=stops or 0 < max_epochs <= epoch + 1)
+
+    def _analyze_and_share(self, trainer: Any, pl_module: Any, epoch: int) -> SpectralReport | None:
+        report = self.engine.analyze(pl_module, epoch=epoch) if trainer.is_global_zero else None
+        if trainer.world_size <= 1:
+            return report
+        payload = None
+        if report is not None:
+            try:
+                payload = report.to_dict()
+            except Exception as exc:  # never leave the other ranks waiting on a broken report
+                self.engine.warn(f"cannot share the report ({type(exc).__name__}: {exc})")
+        payload = trainer.strategy.broadcast(payload, src=0)
+        if trainer.is_global_zero:
+            return report if payload is not None else None  # rank 0 keeps its eigenvalues
+        return None if payload is None else SpectralReport.from_dict(payload)
+
+    def _log_metrics(self, trainer: Any, pl_module: Any, result: MonitorResult) -> None:
+        distributed = trainer.world_size > 1
+        for name, value in result.metrics.items():
+            # Identical on every rank: "max" syncs them exactly (no mean rounding) and avoids Lightning's
+            # "use sync_dist=True" warning.
+            pl_module.log(
+                name,
+                value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=False,
+                logger=bool(trainer.loggers),  # logger=False trainers still get callback_metrics
+                sync_dist=distributed,
+                reduce_fx="max" if distributed else "mean",
+            )
+        if self.verbose and result.report is not None:
+            type(self)._rank_zero_info(summary_line(trainer.current_epoch, result.metrics))
+
+    def _apply_decision(self, trainer: Any, decision: StopDecision | None, epoch: int) -> bool:
+        """Reduce the decision over ranks and stop if allowed; True when training stops after this epoch."""
+        wants_stop = bool(decision is not None and decision.stop)
+        wants_stop = bool(trainer.strategy.reduce_boolean_decision(wants_stop, all=False))
+        if not wants_stop:
+            return False
+        reason = decision.reason if decision is not None and decision.stop else "another rank's rule"
+        info = type(self)._rank_zero_info
+        if not self._can_stop(trainer):
+            info(
+                f"WeightWatcherCallback: the stopping rule fired at epoch {epoch} ({reason}), but "
+                f"min_epochs={trainer.min_epochs} / min_steps={trainer.min_steps} is not reached; going on"
+            )
+            return False
+        trainer.should_stop = True
+        self.engine.record_stop(epoch, reason)
+        info(f"WeightWatcherCallback: stopping at epoch {epoch}: {reason}")
+        return True
+
+    def _logged_step(self, trainer: Any) -> int:
+        """The step Lightning's loggers record this hook's metrics at, so history and W&B rows line up.
+
+        Lightning logs epoch-end training metrics one step back (``FitLoop.on_advance_end``), and
+        validation-end metrics at the current step; both count batches that stepped the optimizer.
+        """
+        epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        stepped = int(getattr(epoch_loop, "_batches_that_stepped", trainer.global_step))
+        return max(stepped - 1, 0) if self.run_on == "train_epoch_end" else stepped
+
+    @staticmethod
+    def _can_stop(trainer: Any) -> bool:
+        min_epochs = trainer.min_epochs or 0
+        min_steps = trainer.min_steps or 0
+        return trainer.current_epoch + 1 >= min_epochs and trainer.global_step >= min_steps
+
+    def _history_path(self, trainer: Any) -> str | None:
+        options, log_dir = self.engine.options, None
+        if options.history_path is None or options.history_path is True:
+            log_dir = trainer.log_dir or trainer.default_root_dir  # broadcasts: every rank must call it
+        return options.history_file(log_dir)
+
+    def _wandb_run(self, trainer: Any) -> tuple[Any, bool]:
+        """(the run to log to, whether the trainer's ``WandbLogger`` already sends it the summaries)."""
+        if not self.engine.options.log_wandb:
+            return None, False
+        logger_cls = type(self)._wandb_logger_cls
+        if logger_cls is not None:
+            for logger in trainer.loggers:
+                if isinstance(logger, logger_cls):
+                    try:
+                        return logger.experiment, True
+                    except Exception as exc:
+                        self.engine.warn(f"cannot reach the WandbLogger's run ({type(exc).__name__}: {exc})")
+                        return None, False
+        try:
+            return self.engine.resolve_wandb_run(), False
+        except Exception as exc:
+            self.engine.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
+            return None, False
+
+    def __repr__(self) -> str:
+        return f"WeightWatcherCallback({self.engine!r}, run_on={self.run_on!r})"

@@ -1,0 +1,454 @@
+"""`SpectralMonitor`: the framework-free engine behind every callback.
+
+What is the same in every framework lives here: the options (`WatchOptions`), the schedule, running the
+spectral core on a snapshot with a per-analysis RNG, turning a report into logged scalars, the history of
+summaries, feeding the stopping rule, the sinks (`ww_callbacks.sinks.lifecycle.RunSinks`) and the checkpoint
+state. A callback only adds the framework plumbing: when to call, which rank computes, how to log and how to
+stop.
+
+The flow of one analyzed epoch::
+
+    layers = monitor.snapshot(model)                      # copy the weights out (framework adapter)
+    report = monitor.analyze(layers, epoch=epoch)         # None if the analysis failed (warned)
+    result = monitor.record(report, epoch=epoch, step=step)       # history + the rule's decision
+    ... the callback decides whether training really stops (ranks, min_epochs) ...
+    monitor.emit(result, epoch=epoch, step=step, is_last=stops_here)   # history file, W&B
+    log(result.metrics); if stopping: monitor.record_stop(epoch, result.decision.reason)
+
+``monitor.process`` is `record` then `emit` (for callers that stop whenever the rule says so), and
+``monitor.run(model, epoch=..., step=...)`` does it all at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..analysis import analyze as _analyze
+from ..layers import LayerWeights, snapshot
+from ..sinks.lifecycle import RunSinks
+from ..spectral.report import SpectralReport
+from ..stopping import StopDecision, StoppingRule
+from .options import WatchOptions
+from .schedule import EpochSchedule, fresh_seed, rng_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MonitorResult", "SpectralMonitor"]
+
+_STATE_VERSION = 1
+
+
+@dataclass
+class MonitorResult:
+    """What one analyzed epoch produced.
+
+    ``metrics`` maps logged names (``ww/alpha``, ``ww/fc1/alpha`` ...) to finite floats; it is empty when the
+    analysis failed. ``decision`` is the stopping rule's answer (None without a rule or without a report).
+
+    Example:
+        >>> MonitorResult().stop
+        False
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    report: SpectralReport | None = None
+    decision: StopDecision | None = None
+
+    @property
+    def stop(self) -> bool:
+        """True when the stopping rule asked to stop."""
+        return bool(self.decision is not None and self.decision.stop)
+
+
+def _is_layer_list(obj: Any) -> bool:
+    return (
+        isinstance(obj, Sequence)
+        and not isinstance(obj, (str, bytes))
+        and all(isinstance(item, LayerWeights) for item in obj)
+    )
+
+
+class SpectralMonitor:
+    """Schedule, analyze, summarize, remember and decide: the state the callbacks share.
+
+    Args:
+        options: a `WatchOptions`; or pass its fields as keyword arguments (``SpectralMonitor(seed=0, ...)``).
+
+    Attributes:
+        options: the checked `WatchOptions` (``metrics``, ``prefix``, ``early_stopping`` ... also read as
+            attributes of the monitor).
+        seed: the seed of the shuffles (``options.seed``, or one drawn from OS entropy; kept in the state).
+        history: one dict per analyzed epoch: ``epoch``, ``step``, the summary metrics, ``num_summarized``,
+            ``num_layers``, ``elapsed`` (seconds of analysis).
+        last_report: the latest `SpectralReport` (None before the first analysis).
+        stopped_epoch: the epoch at which the rule stopped training (None if it did not).
+        stop_reason: the rule's reason ("" if it did not stop).
+        analysis_time: seconds spent in snapshot + analysis (for overhead reports).
+
+    Example:
+        >>> from ww_callbacks.stopping import AlphaBelow
+        >>> monitor = SpectralMonitor(seed=0, early_stopping=AlphaBelow(2.0))
+        >>> weights = {"fc.weight": np.random.default_rng(0).standard_normal((200, 100))}
+        >>> result = monitor.run(weights, epoch=0, step=10)
+        >>> sorted(result.metrics)[:2], result.stop
+        (['ww/alpha', 'ww/alpha_weighted'], False)
+        >>> monitor.history[0]["epoch"]
+        0
+    """
+
+    def __init__(self, options: WatchOptions | None = None, **kwargs: Any) -> None:
+        if options is not None and kwargs:
+            raise TypeError("pass either a WatchOptions or its fields as keyword arguments, not both")
+        self.options = options if options is not None else WatchOptions(**kwargs)
+        self.schedule = EpochSchedule(self.options.every_n_epochs)
+        self.seed = fresh_seed() if self.options.seed is None else int(self.options.seed)
+        self.sinks = RunSinks(warn=self.warn)
+        self.history: list[dict[str, Any]] = []
+        self.last_report: SpectralReport | None = None
+        self.stopped_epoch: int | None = None
+        self.stop_reason: str = ""
+        self.analysis_time = 0.0
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ options, read through
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The summary metrics logged as ``{prefix}{metric}``."""
+        return tuple(self.options.metrics or ())
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of every logged name."""
+        return self.options.prefix
+
+    @property
+    def per_layer(self) -> bool:
+        """Whether per-layer values are logged too."""
+        return self.options.per_layer
+
+    @property
+    def early_stopping(self) -> StoppingRule | None:
+        """The stopping rule (None: only log)."""
+        return self.options.early_stopping
+
+    @property
+    def every_n_epochs(self) -> int:
+        """Analyze every n-th epoch."""
+        return self.options.every_n_epochs
+
+    # ------------------------------------------------------------------ schedule
+    def should_run(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is an analysis epoch: every ``every_n_epochs``-th, counting from 1.
+
+        Example:
+            >>> [e for e in range(6) if SpectralMonitor(every_n_epochs=2, seed=0).should_run(e)]
+            [1, 3, 5]
+        """
+        return self.schedule.should_run(epoch)
+
+    def rng_for(self, epoch: int) -> np.random.Generator:
+        """The shuffles' generator for ``epoch``: depends only on (seed, epoch), so ranks and resumes agree.
+
+        Example:
+            >>> m = SpectralMonitor(seed=3)
+            >>> float(m.rng_for(2).random()) == float(m.rng_for(2).random())
+            True
+        """
+        return rng_for(self.seed, epoch)
+
+    # ------------------------------------------------------------------ analysis
+    def snapshot(self, model: Any, *, copy: bool = False) -> list[LayerWeights] | None:
+        """The analyzable weights of ``model`` (filtered by ``layers``); None (with a warning) on error.
+
+        `analyze` runs while training waits, so by default the weights are read in place (the core never writes
+        to them; this saves a copy of every matrix each time). Pass ``copy=True`` to keep a snapshot that
+        training will not change, e.g. to analyze it later or in another thread.
+
+        Example:
+            >>> [lw.name for lw in SpectralMonitor(seed=0).snapshot({"fc.weight": np.ones((20, 10))})]
+            ['fc']
+        """
+        start = time.perf_counter()
+        try:
+            if _is_layer_list(model):
+                return list(model)
+            return snapshot(model, layers=self.options.layers, copy=copy)
+        except Exception as exc:
+            self.warn(f"could not snapshot the weights ({type(exc).__name__}: {exc}); no spectral metrics")
+            return None
+        finally:
+            self.analysis_time += time.perf_counter() - start
+
+    def analyze(self, model: Any, *, epoch: int) -> SpectralReport | None:
+        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch``.
+
+        Any exception becomes a warning and a None result: training never dies because of the analysis.
+
+        Example:
+            >>> report = SpectralMonitor(seed=0).analyze({"fc.weight": np.eye(30)}, epoch=0)
+            >>> report.layers[0].name
+            'fc'
+        """
+        layers = model if _is_layer_list(model) else self.snapshot(model)
+        if layers is None:
+            return None
+        opts = self.options
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # "no analyzable layer" would repeat every epoch; it is said once below instead.
+                warnings.filterwarnings("ignore", message="no analyzable layer", category=RuntimeWarning)
+                report = _analyze(
+                    layers,
+                    randomize=opts.randomize,
+                    mp_fit=opts.mp_fit,
+                    n_random=opts.n_random,
+                    rng=self.rng_for(epoch),
+                    **(opts.analyze_kwargs or {}),
+                )
+        except Exception as exc:
+            self.warn(
+                f"spectral analysis failed at epoch {epoch} ({type(exc).__name__}: {exc}); training goes on"
+            )
+            log.debug("analysis failure", exc_info=True)
+            return None
+        finally:
+            self.analysis_time += time.perf_counter() - start
+        if not report.layers:
+            self._warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
+        return report
+
+    # ------------------------------------------------------------------ results
+    def metrics_from(self, report: SpectralReport) -> dict[str, float]:
+        """The scalars to log for ``report``: ``{prefix}{metric}`` (+ per layer); non-finite values left out.
+
+        Example:
+            >>> m = SpectralMonitor(seed=0, metrics=("alpha",), per_layer=True)
+            >>> sorted(m.metrics_from(m.analyze({"fc.weight": np.random.default_rng(0).normal(size=(90, 40))}, epoch=0)))
+            ['ww/alpha', 'ww/fc/alpha']
+        """
+        out: dict[str, float] = {}
+        summary, prefix = report.summary, self.prefix
+        missing = []
+        for metric in self.metrics:
+            value = float(summary.get(metric, math.nan))
+            if math.isfinite(value):
+                out[f"{prefix}{metric}"] = value
+            else:
+                missing.append(metric)
+        if missing and report.layers:  # no layer at all was already reported by `analyze`
+            self._warn_once(
+                "nan:" + ",".join(missing),
+                f"summary {', '.join(missing)} not finite ({report.num_summarized} of {len(report.layers)} layers "
+                "fitted); not logged when that happens",
+            )
+        if self.per_layer:
+            for layer in report.layers:
+                for metric in self.metrics:
+                    value = float(getattr(layer, metric, math.nan))
+                    if math.isfinite(value):
+                        out[f"{prefix}{layer.longname}/{metric}"] = value
+        return out
+
+    def record(self, report: SpectralReport | None, *, epoch: int, step: int = 0) -> MonitorResult:
+        """Record ``report`` for ``epoch``: history, ``last_report`` and the rule's decision (sinks: `emit`).
+
+        A None report (failed analysis) records nothing and returns an empty result. The decision is only
+        returned; callers that act on it call `record_stop`.
+
+        Example:
+            >>> SpectralMonitor(seed=0).record(None, epoch=0).metrics
+            {}
+        """
+        if report is None:
+            return MonitorResult()
+        self.last_report = report
+        entry: dict[str, Any] = {"epoch": int(epoch), "step": int(step)}
+        entry.update({k: float(v) for k, v in report.summary.items()})
+        entry.update(
+            num_summarized=report.num_summarized, num_layers=len(report.layers), elapsed=float(report.elapsed)
+        )
+        self.history.append(entry)
+        decision = self._decide(report, epoch)
+        return MonitorResult(metrics=self.metrics_from(report), report=report, decision=decision)
+
+    def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
+        """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there.
+
+        Example:
+            >>> SpectralMonitor(seed=0).emit(MonitorResult(), epoch=0)  # no report, no sinks: nothing to do
+        """
+        if result.report is not None:
+            self.sinks.emit(result.report, epoch=int(epoch), step=int(step), is_last=bool(is_last))
+
+    def process(
+        self, report: SpectralReport | None, *, epoch: int, step: int = 0, is_last: bool = False
+    ) -> MonitorResult:
+        """`record` then `emit`, for callers that stop whenever the rule says so: the sinks are told the report
+        is the last one when ``is_last`` or when the rule says stop.
+
+        Example:
+            >>> SpectralMonitor(seed=0).process(None, epoch=0).metrics
+            {}
+        """
+        result = self.record(report, epoch=epoch, step=step)
+        self.emit(result, epoch=epoch, step=step, is_last=is_last or result.stop)
+        return result
+
+    def run(self, model: Any, *, epoch: int, step: int = 0, is_last: bool = False) -> MonitorResult:
+        """`analyze` then `process`: the whole work of one analyzed epoch on one process.
+
+        Example:
+            >>> m = SpectralMonitor(seed=0, metrics=("alpha",))
+            >>> list(m.run({"fc.weight": np.random.default_rng(1).normal(size=(80, 40))}, epoch=0).metrics)
+            ['ww/alpha']
+        """
+        return self.process(self.analyze(model, epoch=epoch), epoch=epoch, step=step, is_last=is_last)
+
+    def _decide(self, report: SpectralReport, epoch: int) -> StopDecision | None:
+        rule = self.early_stopping
+        if rule is None:
+            return None
+        try:
+            return rule.update(report, epoch=epoch)
+        except Exception as exc:
+            self.warn(f"stopping rule {rule!r} failed at epoch {epoch} ({type(exc).__name__}: {exc})")
+            return None
+
+    def record_stop(self, epoch: int, reason: str) -> None:
+        """Remember that training stops at ``epoch`` because of the rule (callers log the reason).
+
+        Example:
+            >>> m = SpectralMonitor(seed=0)
+            >>> m.record_stop(4, "mean alpha 1.9 is below 2")
+            >>> m.stopped_epoch, m.stop_reason
+            (4, 'mean alpha 1.9 is below 2')
+        """
+        self.stopped_epoch = int(epoch)
+        self.stop_reason = str(reason)
+
+    def reset(self) -> None:
+        """Forget history, last report, stop and rule state (the seed is kept).
+
+        Example:
+            >>> m = SpectralMonitor(seed=0); m.record_stop(1, "x"); m.reset(); m.stopped_epoch is None
+            True
+        """
+        self.history = []
+        self.last_report = None
+        self.stopped_epoch = None
+        self.stop_reason = ""
+        self.analysis_time = 0.0
+        if self.early_stopping is not None:
+            self.early_stopping.reset()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """History, rule state, seed and stop, as plain Python values (safe for ``torch.save`` and JSON).
+
+        Example:
+            >>> sorted(SpectralMonitor(seed=0).state_dict())[:3]
+            ['history', 'last_report', 'rule']
+        """
+        rule = self.early_stopping
+        return {
+            "version": _STATE_VERSION,
+            "seed": self.seed,
+            "history": [dict(entry) for entry in self.history],
+            "rule": None if rule is None else rule.state_dict(),
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
+            "last_report": None if self.last_report is None else self.last_report.to_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` saved; a resumed run continues the same history, patience and shuffles.
+
+        Example:
+            >>> a, b = SpectralMonitor(seed=7), SpectralMonitor()
+            >>> b.load_state_dict(a.state_dict()); b.seed
+            7
+        """
+        if state.get("seed") is not None:
+            self.seed = int(state["seed"])
+        self.history = [dict(entry) for entry in state.get("history", [])]
+        rule_state, rule = state.get("rule"), self.early_stopping
+        if rule is not None and rule_state is not None:
+            rule.load_state_dict(rule_state)
+        elif rule_state is not None:
+            log.info("checkpoint holds stopping-rule state but this monitor has no rule; ignored")
+        stopped = state.get("stopped_epoch")
+        self.stopped_epoch = None if stopped is None else int(stopped)
+        self.stop_reason = str(state.get("stop_reason", ""))
+        last = state.get("last_report")
+        self.last_report = None if last is None else SpectralReport.from_dict(last)
+
+    # ------------------------------------------------------------------ sinks
+    def resolve_wandb_run(self, candidate: Any = None) -> Any:
+        """The W&B run to log to: ``candidate``, else an active ``wandb.run`` if wandb is already imported,
+        else a new run when ``wandb_init_kwargs`` was given, else None (always None with ``log_wandb=False``).
+        Never imports wandb otherwise.
+
+        Example:
+            >>> SpectralMonitor(seed=0, log_wandb=False).resolve_wandb_run() is None
+            True
+        """
+        if not self.options.log_wandb:
+            return None
+        return self.sinks.resolve_wandb_run(candidate, init_kwargs=self.options.wandb_init_kwargs)
+
+    def owns_wandb_run(self, run: Any) -> bool:
+        """True when ``run`` is the W&B run this monitor started itself (from ``wandb_init_kwargs``)."""
+        return self.sinks.owns(run)
+
+    def open_sinks(self, *, history_path: Any = None, wandb_run: Any = None, **wandb_options: Any) -> None:
+        """Attach a history file and/or a W&B run; every report `emit` gets then goes to them.
+
+        ``wandb_options`` go to `ww_callbacks.sinks.wandb.WandbSink` (``step_metric``, ``per_layer``,
+        ``log_summary`` ...); ``prefix``, ``per_layer`` and ``media_every_n_epochs`` default to the monitor's.
+        Call it on one process only (rank 0). Failures become warnings.
+
+        Example:
+            >>> m = SpectralMonitor(seed=0); m.open_sinks(); m.close_sinks()
+        """
+        self.sinks.close(self.history, finish_run=False)  # a run `resolve_wandb_run` just started stays open
+        options: dict[str, Any] = {
+            "prefix": self.prefix,
+            "per_layer": self.per_layer,
+            "media_every_n_epochs": self.options.media_every_n_epochs,
+            "step_metric": "epoch",
+        }
+        options.update(wandb_options)
+        self.sinks.open(history_path=history_path, wandb_run=wandb_run, **options)
+
+    def close_sinks(self) -> None:
+        """Flush and close the sinks (``WandbSink.finish(history)``; a run we created is finished).
+
+        Example:
+            >>> SpectralMonitor(seed=0).close_sinks()
+        """
+        self.sinks.close(self.history, finish_run=True)
+
+    # ------------------------------------------------------------------ warnings
+    def warn(self, message: str) -> None:
+        """Warn (``RuntimeWarning``, prefixed ``ww_callbacks:``) instead of raising: analysis never stops training."""
+        warnings.warn(f"ww_callbacks: {message}", RuntimeWarning, stacklevel=3)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.warn(message)
+
+    def __repr__(self) -> str:
+        return (
+            f"SpectralMonitor(every_n_epochs={self.every_n_epochs}, metrics={self.metrics}, "
+            f"per_layer={self.per_layer}, prefix={self.prefix!r}, early_stopping={self.early_stopping!r})"
+        )

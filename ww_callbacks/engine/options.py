@@ -1,0 +1,196 @@
+"""`WatchOptions`: the options every callback shares, with their defaults and their checks, in one place.
+
+The Lightning and Keras callbacks (and any later one) spell these options out in their own signatures, for
+IDEs and docs, and hand them over in one piece with ``WatchOptions.pick(locals())``; a test keeps those
+signatures in step with the fields here (same names, order, kinds and defaults). Framework-only options
+(``run_on``, ``restore_best_weights`` ...) stay with their callback.
+
+Example:
+    >>> from ww_callbacks.stopping import AlphaBelow
+    >>> opts = WatchOptions(every_n_epochs=2, early_stopping=AlphaBelow(2.0), randomize=False)
+    >>> opts.metrics
+    ('alpha', 'alpha_weighted', 'log_spectral_norm')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spectral.catalog import SUMMARY_METRICS, default_metrics, metric_available, missing_option
+from ..stopping import StoppingRule
+
+__all__ = ["DEFAULT_METRICS", "HISTORY_FILENAME", "POSITIONAL_OPTIONS", "HistoryPath", "WatchOptions"]
+
+#: Summary metrics logged by default (``rand_distance`` only when ``randomize=True``); see the metric table.
+DEFAULT_METRICS = default_metrics()
+
+#: Name of the history file in the framework's log directory (``history_path=None`` where there is one).
+HISTORY_FILENAME = "ww_history.jsonl"
+
+#: Options a callback also takes by position, in this order; all others are keyword-only.
+POSITIONAL_OPTIONS = ("every_n_epochs", "metrics", "per_layer", "prefix", "early_stopping")
+
+#: Options the engine passes to `ww_callbacks.analyze` itself; ``analyze_kwargs`` may not repeat them.
+OWN_ANALYZE_OPTIONS = ("layers", "randomize", "mp_fit", "seed", "rng", "n_random")
+
+HistoryPath = str | os.PathLike[str] | bool | None
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """What to analyze, when, what to log and where; checked once, when built.
+
+    Args:
+        every_n_epochs: analyze at the end of every n-th epoch (epochs 0-based: n-1, 2n-1, ...).
+        metrics: summary metrics to log as ``{prefix}{metric}`` (weightwatcher column names, see
+            `ww_callbacks.SUMMARY_METRICS`); default `DEFAULT_METRICS` (without ``rand_distance`` when
+            ``randomize=False``). Resolved to a tuple.
+        per_layer: also log ``{prefix}{layer longname}/{metric}``.
+        prefix: prefix of every logged name.
+        early_stopping: a `ww_callbacks.stopping.StoppingRule` fed with every report.
+        layers: layer filter passed to `ww_callbacks.snapshot` (names, globs, kinds, ids; ``-`` excludes).
+        randomize, mp_fit, n_random: options of `ww_callbacks.analyze`.
+        seed: seed of the shuffles; epoch ``e`` uses ``numpy.random.default_rng([seed, e])``. None: the engine
+            draws one from OS entropy.
+        history_path: the JSON-lines history file: None (or True) = the framework's default location,
+            ``<log dir>/ww_history.jsonl`` where the framework has a log directory (Lightning) and no file
+            where it has none (Keras); False = no file; a path = that file.
+        log_wandb: log each report to W&B when a run is active (never imports wandb otherwise).
+        wandb_init_kwargs: start a W&B run with these ``wandb.init`` arguments when there is none.
+        media_every_n_epochs: spacing of the W&B ESD images (None: the sink's default; 0: none).
+        analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...);
+            ``traps`` defaults to False here (pass ``{"traps": True}`` for ``num_traps`` and the ``rand_*``
+            columns). Resolved to a dict.
+        verbose: log (INFO) each analysis' summary line, not only the stop.
+
+    Example:
+        >>> WatchOptions(history_path=3)
+        Traceback (most recent call last):
+        ...
+        TypeError: history_path must be None, False, True or a path (str or os.PathLike), got int 3
+    """
+
+    every_n_epochs: int = 1
+    metrics: Sequence[str] | None = None
+    per_layer: bool = False
+    prefix: str = "ww/"
+    early_stopping: StoppingRule | None = None
+    layers: Any = None
+    randomize: bool = True
+    mp_fit: bool = False
+    n_random: int = 1
+    seed: int | None = None
+    history_path: HistoryPath = None
+    log_wandb: bool = True
+    wandb_init_kwargs: Mapping[str, Any] | None = None
+    media_every_n_epochs: int | None = None
+    analyze_kwargs: Mapping[str, Any] | None = field(default=None, repr=False)
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.every_n_epochs) < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
+        if self.n_random < 1:
+            raise ValueError(f"n_random must be >= 1, got {self.n_random}")
+        if self.media_every_n_epochs is not None and int(self.media_every_n_epochs) < 0:
+            raise ValueError(f"media_every_n_epochs must be >= 0 or None, got {self.media_every_n_epochs}")
+        _check_history_path(self.history_path)
+        rule = self.early_stopping
+        if rule is not None and not isinstance(rule, StoppingRule):
+            raise TypeError(
+                f"early_stopping must be a ww_callbacks.stopping.StoppingRule, got {type(rule).__name__}"
+            )
+        kwargs = dict(self.analyze_kwargs or {})
+        clash = sorted(set(kwargs) & set(OWN_ANALYZE_OPTIONS))
+        if clash:
+            raise ValueError(f"pass {', '.join(clash)} as arguments of the callback, not in analyze_kwargs")
+        # The callbacks log summary metrics; the correlation-trap columns (the MP fit of the shuffled ESD) are
+        # not among them and cost about half of the randomization: off unless asked for.
+        kwargs.setdefault("traps", False)
+        resolved = {
+            "every_n_epochs": int(self.every_n_epochs),
+            "metrics": self._checked_metrics(),
+            "per_layer": bool(self.per_layer),
+            "prefix": str(self.prefix),
+            "randomize": bool(self.randomize),
+            "mp_fit": bool(self.mp_fit),
+            "n_random": int(self.n_random),
+            "seed": None if self.seed is None else int(self.seed),
+            "log_wandb": bool(self.log_wandb),
+            "wandb_init_kwargs": None if self.wandb_init_kwargs is None else dict(self.wandb_init_kwargs),
+            "media_every_n_epochs": None
+            if self.media_every_n_epochs is None
+            else int(self.media_every_n_epochs),
+            "analyze_kwargs": kwargs,
+            "verbose": bool(self.verbose),
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+        if rule is not None:
+            self._check_rule(rule)
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> WatchOptions:
+        """Build the options from the fields found in ``values`` (a callback's ``locals()``); others are ignored.
+
+        Example:
+            >>> WatchOptions.pick({"self": None, "prefix": "spec/", "run_on": "x"}).prefix
+            'spec/'
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in names})
+
+    def _checked_metrics(self) -> tuple[str, ...]:
+        if self.metrics is None:
+            return default_metrics(randomize=self.randomize, mp_fit=self.mp_fit)
+        metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics)
+        for metric in metrics:
+            if metric not in SUMMARY_METRICS:
+                raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(SUMMARY_METRICS)}")
+            if not metric_available(metric, self):
+                raise ValueError(f"metric {metric!r} needs {missing_option(metric)}")
+        return metrics
+
+    def _check_rule(self, rule: StoppingRule) -> None:
+        # A rule watching rand_distance without randomize=True would fail at its first check: fail now.
+        children = getattr(rule, "rules", None)
+        if children:
+            for child in children:
+                self._check_rule(child)
+        elif rule.monitor is not None and not metric_available(rule.monitor, self):
+            raise ValueError(
+                f"{rule!r} monitors {rule.monitor!r}, which needs {missing_option(rule.monitor)}"
+            )
+
+    def history_file(self, log_dir: str | os.PathLike[str] | None) -> str | None:
+        """The history file to write: `history_path` resolved against the framework's ``log_dir`` (None when
+        the framework has none).
+
+        Example:
+            >>> WatchOptions().history_file("logs"), WatchOptions(history_path=False).history_file("logs")
+            ('logs/ww_history.jsonl', None)
+            >>> WatchOptions().history_file(None) is None
+            True
+        """
+        configured = self.history_path
+        if configured is False:
+            return None
+        if configured is None or configured is True:
+            return None if log_dir is None else os.path.join(os.fspath(log_dir), HISTORY_FILENAME)
+        return os.fspath(configured)
+
+
+def _check_history_path(value: Any) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(
+            "history_path must be None, False, True or a path (str or os.PathLike), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if not os.fspath(value):
+        raise ValueError("history_path is an empty path: pass False for no history file")
