@@ -183,6 +183,18 @@ def test_model_without_layers_warns_and_returns_empty_report():
     assert all(math.isnan(v) for v in report.summary.values())
 
 
+def test_checkpoint_dicts_are_unwrapped_like_the_cli_does():
+    # Training loops save {"model": state_dict, ...}, DeepSpeed {"module": ...}, Lightning {"state_dict": ...}:
+    # analyze() finds the same layers (and numbers) as for the bare state dict.
+    state = _weights()
+    plain = ww_callbacks.analyze(state, seed=0)
+    assert len(plain) == len(state)
+    for key in ("state_dict", "model_state_dict", "model", "module"):
+        wrapped = ww_callbacks.analyze({key: state, "epoch": 3, "optimizer": {"lr": 0.1}}, seed=0)
+        assert [lr.name for lr in wrapped] == [lr.name for lr in plain], key
+        np.testing.assert_array_equal([lr.alpha for lr in wrapped], [lr.alpha for lr in plain])
+
+
 def test_layer_filters():
     w = _weights()
     assert [lr.name for lr in ww_callbacks.analyze(w, layers=["fc*"], randomize=False)] == ["fc1", "fc2"]

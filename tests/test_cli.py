@@ -375,6 +375,19 @@ def test_load_weights_reads_nested_state_dicts(tmp_path: Path) -> None:
     assert sorted(load_weights(nested)) == sorted(mlp_weights(0))
 
 
+def test_library_and_cli_read_the_same_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    path = save_torch(tmp_path / "loop.pt", {"epoch": 3, "model": torch_state_dict(0), "lr": 0.1})
+    from_library = ww_callbacks.analyze(torch.load(path, weights_only=True), seed=0)
+    from_file = ww_callbacks.analyze(load_weights(path), seed=0)
+    assert [lr.name for lr in from_library] == LAYER_NAMES == [lr.name for lr in from_file]
+    for metric in DETERMINISTIC:
+        assert [getattr(lr, metric) for lr in from_library] == pytest.approx(
+            [getattr(lr, metric) for lr in from_file], rel=1e-12, nan_ok=True
+        ), metric
+
+
 # --------------------------------------------------------------------------------------------- history
 
 

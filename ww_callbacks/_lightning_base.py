@@ -1,32 +1,22 @@
 """The Lightning plumbing both Lightning callbacks share, written once as a mixin.
 
 `ww_callbacks.lightning` and `ww_callbacks.pytorch_lightning` each define ``class WeightWatcherCallback(
-LightningWatcherMixin, Callback)`` with their namespace's ``Callback``; what differs per namespace
-(``rank_zero_info``, ``WandbLogger``) is a class attribute there. This module imports neither namespace, so
-neither callback module pulls in the other. Everything that is not Lightning plumbing lives in the engine
-(`ww_callbacks.engine.SpectralMonitor`).
+Callback, LightningWatcherMixin)`` with their namespace's ``Callback``: their hooks (``@override``) are
+one-line calls into this mixin, and what differs per namespace (``rank_zero_info``, ``WandbLogger``) is a class
+attribute there. This module imports neither namespace, so neither callback module pulls in the other.
+Everything that is not Lightning plumbing lives in the engine (`ww_callbacks.engine.SpectralMonitor`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from .engine import EngineViews, MonitorResult, SpectralMonitor, WatchOptions
 from .sinks.lifecycle import summary_line, wandb_options
 from .spectral.report import SpectralReport
 from .stopping import StopDecision
-
-try:
-    from typing import override  # type: ignore[attr-defined]  # Python 3.12+
-except ImportError:  # pragma: no cover - depends on the Python version
-    from typing_extensions import override
-
-if TYPE_CHECKING:  # the hooks are checked against Lightning's Callback; at run time the base is `object`
-    from lightning.pytorch import Callback as _CallbackBase
-else:
-    _CallbackBase = object
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +26,19 @@ __all__ = ["RUN_ON", "LightningWatcherMixin"]
 RUN_ON = ("train_epoch_end", "validation_epoch_end")
 
 
-class LightningWatcherMixin(EngineViews, _CallbackBase):  # type: ignore[misc,valid-type]
+class LightningWatcherMixin(EngineViews):
     """Lightning hooks around a `SpectralMonitor`: schedule, rank 0 analyzes and broadcasts, log, stop, save.
 
-    A concrete callback sets `_rank_zero_info` and `_wandb_logger_cls` for its namespace and calls
-    `_init_watch` from ``__init__``.
+    A concrete callback sets `_rank_zero_info` and `_wandb_logger_cls` for its namespace, calls `_init_watch`
+    from ``__init__`` and forwards its hooks: ``setup`` to `_setup_fit`, ``on_fit_start`` to `_open_sinks`,
+    ``on_fit_end``/``on_exception`` to ``engine.close_sinks``, the epoch-end hooks to `_epoch_end`, and
+    ``state_dict``/``load_state_dict`` to the engine's.
     """
 
     #: ``rank_zero_info`` of the callback's Lightning namespace.
     _rank_zero_info: ClassVar[Callable[[str], Any]]
     #: ``WandbLogger`` of the callback's Lightning namespace (None if it has none).
-    _wandb_logger_cls: ClassVar[type | None] = None
+    _wandb_logger_cls: ClassVar[Any] = None
 
     engine: SpectralMonitor
     run_on: str
@@ -60,15 +52,8 @@ class LightningWatcherMixin(EngineViews, _CallbackBase):  # type: ignore[misc,va
         self.verbose = options.verbose
         self._last_epoch_run: int | None = None
 
-    @property
-    @override
-    def state_key(self) -> str:
-        """Checkpoint key; includes the prefix so that several instances can coexist."""
-        return self._generate_state_key(prefix=self.engine.prefix)
-
-    # ---------------------------------------------------------------- lifecycle
-    @override
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    # ---------------------------------------------------------------- what the hooks call
+    def _setup_fit(self, trainer: Any, stage: str) -> None:
         if stage != "fit":
             return
         self._last_epoch_run = None
@@ -76,8 +61,7 @@ class LightningWatcherMixin(EngineViews, _CallbackBase):  # type: ignore[misc,va
             # Rank 0's seed everywhere (a checkpoint's, loaded later, is the same on every rank anyway).
             self.engine.seed = int(trainer.strategy.broadcast(self.engine.seed, src=0))
 
-    @override
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def _open_sinks(self, trainer: Any) -> None:
         if trainer.fast_dev_run:
             return
         history_path = self._history_path(trainer)  # collective: every rank calls it
@@ -89,31 +73,9 @@ class LightningWatcherMixin(EngineViews, _CallbackBase):  # type: ignore[misc,va
             history_path=history_path, wandb_run=run, step_metric="trainer/global_step", **options
         )
 
-    @override
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.engine.close_sinks()
-
-    @override
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.engine.close_sinks()
-
-    @override
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.run_on == "train_epoch_end":
+    def _epoch_end(self, trainer: Any, pl_module: Any, hook: str) -> None:
+        if hook == self.run_on:
             self._maybe_run(trainer, pl_module)
-
-    @override
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.run_on == "validation_epoch_end":
-            self._maybe_run(trainer, pl_module)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.engine.state_dict()
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state_dict)
 
     # ---------------------------------------------------------------- the work
     def _should_skip(self, trainer: Any) -> bool:

@@ -80,6 +80,19 @@ def _esd_label(count: int, omitted: int) -> str:
     return label + (f", {omitted} ≈ 0 left out)" if omitted else ")")
 
 
+def _bin_edges(bins: int | Sequence[float] | None, evals: np.ndarray, rand: np.ndarray) -> np.ndarray:
+    """``bins`` as log-spaced edges over both ESDs (a count, or None for about 2 sqrt(n)), or as given."""
+    if bins is None or isinstance(bins, int):
+        edges = (
+            _log_bins(evals, rand, max_bins=100) if bins is None else _log_bins(evals, rand, max_bins=bins)
+        )
+        if isinstance(bins, int):
+            edges = np.logspace(np.log10(edges[0]), np.log10(edges[-1]), bins + 1)
+    else:
+        edges = np.asarray(bins, dtype=np.float64)
+    return edges
+
+
 def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[float] | None = None) -> Any:
     """Plot one layer's empirical spectral density (ESD) on log-log axes.
 
@@ -132,14 +145,7 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
         ax.set_yticks([])
         return fig
 
-    if bins is None or isinstance(bins, int):
-        edges = (
-            _log_bins(evals, rand, max_bins=100) if bins is None else _log_bins(evals, rand, max_bins=bins)
-        )
-        if isinstance(bins, int):
-            edges = np.logspace(np.log10(edges[0]), np.log10(edges[-1]), bins + 1)
-    else:
-        edges = np.asarray(bins, dtype=np.float64)
+    edges = _bin_edges(bins, evals, rand)
     density, _ = np.histogram(evals, bins=edges, density=True)
     ax.stairs(density, edges, fill=True, alpha=0.35, color=_ESD_COLOR)
     ax.stairs(density, edges, color=_ESD_COLOR, linewidth=1.2, label=_esd_label(evals.size, omitted))
@@ -149,6 +155,25 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
             rand_density, edges, color=_RAND_COLOR, linewidth=1.2, linestyle="--", label="randomized ESD"
         )
 
+    _draw_fit_and_bulk(ax, layer_result, evals)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    positive_density = density[density > 0]
+    if positive_density.size:
+        ax.set_ylim(bottom=positive_density.min() / 3)
+    ax.set_xlabel("eigenvalue  λ")
+    ax.set_ylabel("density")
+    title = f"{name}  ({layer_result.layer_type}, {layer_result.N}x{layer_result.M})"
+    if layer_result.status != "success":
+        title += f"  [{layer_result.status}]"
+    ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="small", loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def _draw_fit_and_bulk(ax: Any, layer_result: LayerResult, evals: np.ndarray) -> None:
+    """The ``xmin`` line, the fitted power law over the tail and the MP bulk edge, where they exist."""
     alpha = finite_or_none(layer_result.alpha)
     xmin = finite_or_none(layer_result.xmin)
     if xmin is not None and xmin > 0:
@@ -165,21 +190,6 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
         ax.axvline(
             bulk_max, color=_BULK_COLOR, linestyle="-.", linewidth=1.2, label=f"MP bulk edge = {bulk_max:.3g}"
         )
-
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    positive_density = density[density > 0]
-    if positive_density.size:
-        ax.set_ylim(bottom=positive_density.min() / 3)
-    ax.set_xlabel("eigenvalue  λ")
-    ax.set_ylabel("density")
-    title = f"{name}  ({layer_result.layer_type}, {layer_result.N}x{layer_result.M})"
-    if layer_result.status != "success":
-        title += f"  [{layer_result.status}]"
-    ax.set_title(title, fontsize="medium")
-    ax.legend(fontsize="small", loc="best")
-    ax.grid(True, which="major", alpha=0.3)
-    return fig
 
 
 def _epoch_summaries(history: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -205,6 +215,26 @@ def _shade_alpha_band(ax: Any) -> None:
         label=f"{ALPHA_BAND[0]:g} ≤ alpha ≤ {ALPHA_BAND[1]:g}",
         zorder=0,
     )
+
+
+def _draw_layer_lines(ax: Any, by_layer: dict[str, list[dict[str, Any]]], metric: str) -> None:
+    """Each layer's values of ``metric`` (successful fits only) as a thin grey line behind the mean."""
+    for layer, rows_of_layer in by_layer.items():
+        rows_of_layer = sorted(rows_of_layer, key=lambda r: r["epoch"])
+        xs = [r["epoch"] for r in rows_of_layer]
+        ys = [
+            v if (v := finite_or_none(r.get(metric))) is not None and r.get("status") == "success" else np.nan
+            for r in rows_of_layer
+        ]
+        ax.plot(
+            xs,
+            ys,
+            color="0.6",
+            linewidth=0.8,
+            alpha=0.5,
+            zorder=1,
+            label="layers" if layer == next(iter(by_layer)) else None,
+        )
 
 
 def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_layers: bool = True) -> Any:
@@ -258,24 +288,7 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
     for ax, metric in zip(axes, shown, strict=True):
         if metric == "alpha":
             _shade_alpha_band(ax)
-        for layer, rows_of_layer in by_layer.items():
-            rows_of_layer = sorted(rows_of_layer, key=lambda r: r["epoch"])
-            xs = [r["epoch"] for r in rows_of_layer]
-            ys = [
-                v
-                if (v := finite_or_none(r.get(metric))) is not None and r.get("status") == "success"
-                else np.nan
-                for r in rows_of_layer
-            ]
-            ax.plot(
-                xs,
-                ys,
-                color="0.6",
-                linewidth=0.8,
-                alpha=0.5,
-                zorder=1,
-                label="layers" if layer == next(iter(by_layer)) else None,
-            )
+        _draw_layer_lines(ax, by_layer, metric)
         ax.plot(
             epochs,
             _column(summaries, metric),

@@ -17,13 +17,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from ._lightning_base import LightningWatcherMixin
 from .engine import HISTORY_FILENAME, WatchOptions
 from .engine.options import HistoryPath
 from .stopping import StoppingRule
+
+try:
+    from typing import override  # type: ignore[attr-defined]  # Python 3.12+
+except ImportError:  # pragma: no cover - depends on the Python version
+    from typing_extensions import override
 
 try:
     from pytorch_lightning.loggers import WandbLogger
@@ -33,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on the Lightning version
 __all__ = ["HISTORY_FILENAME", "WeightWatcherCallback"]
 
 
-class WeightWatcherCallback(LightningWatcherMixin, Callback):
+class WeightWatcherCallback(Callback, LightningWatcherMixin):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for pytorch_lightning.
 
     When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
@@ -131,3 +136,41 @@ class WeightWatcherCallback(LightningWatcherMixin, Callback):
     ) -> None:
         super().__init__()
         self._init_watch(WatchOptions.pick(locals()), run_on=run_on)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """Checkpoint key; includes the prefix so that several instances can coexist."""
+        return self._generate_state_key(prefix=self.engine.prefix)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._setup_fit(trainer, stage)
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._open_sinks(trainer)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.engine.close_sinks()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.engine.close_sinks()
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_end(trainer, pl_module, "train_epoch_end")
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_end(trainer, pl_module, "validation_epoch_end")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state_dict)

@@ -22,28 +22,26 @@ The flow of one analyzed epoch::
 from __future__ import annotations
 
 import logging
-import math
-import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..analysis import analyze as _analyze
-from ..layers import LayerWeights, snapshot
+from ..layers import LayerWeights
 from ..sinks.lifecycle import RunSinks
 from ..spectral.report import SpectralReport
 from ..stopping import StopDecision, StoppingRule
+from .analyzer import Analyzer
 from .options import WatchOptions
+from .scalars import report_scalars
 from .schedule import EpochSchedule, fresh_seed, rng_for
+from .state import RunState
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MonitorResult", "SpectralMonitor"]
-
-_STATE_VERSION = 1
 
 
 @dataclass
@@ -68,14 +66,6 @@ class MonitorResult:
         return bool(self.decision is not None and self.decision.stop)
 
 
-def _is_layer_list(obj: Any) -> bool:
-    return (
-        isinstance(obj, Sequence)
-        and not isinstance(obj, (str, bytes))
-        and all(isinstance(item, LayerWeights) for item in obj)
-    )
-
-
 class SpectralMonitor:
     """Schedule, analyze, summarize, remember and decide: the state the callbacks share.
 
@@ -83,15 +73,11 @@ class SpectralMonitor:
         options: a `WatchOptions`; or pass its fields as keyword arguments (``SpectralMonitor(seed=0, ...)``).
 
     Attributes:
-        options: the checked `WatchOptions` (``metrics``, ``prefix``, ``early_stopping`` ... also read as
-            attributes of the monitor).
-        seed: the seed of the shuffles (``options.seed``, or one drawn from OS entropy; kept in the state).
-        history: one dict per analyzed epoch: ``epoch``, ``step``, the summary metrics, ``num_summarized``,
-            ``num_layers``, ``elapsed`` (seconds of analysis).
-        last_report: the latest `SpectralReport` (None before the first analysis).
-        stopped_epoch: the epoch at which the rule stopped training (None if it did not).
-        stop_reason: the rule's reason ("" if it did not stop).
-        analysis_time: seconds spent in snapshot + analysis (for overhead reports).
+        options: the checked `WatchOptions` (``metrics``, ``prefix``, ``per_layer``, ``early_stopping`` are
+            also attributes of the monitor).
+        schedule, analyzer, state, sinks: the parts (`EpochSchedule`, `Analyzer`, `RunState`, `RunSinks`);
+            ``seed``, ``history``, ``last_report``, ``stopped_epoch``, ``stop_reason`` read the state and
+            ``analysis_time`` (seconds in snapshot + analysis) the analyzer.
 
     Example:
         >>> from ww_callbacks.stopping import AlphaBelow
@@ -109,14 +95,9 @@ class SpectralMonitor:
             raise TypeError("pass either a WatchOptions or its fields as keyword arguments, not both")
         self.options = options if options is not None else WatchOptions(**kwargs)
         self.schedule = EpochSchedule(self.options.every_n_epochs)
-        self.seed = fresh_seed() if self.options.seed is None else int(self.options.seed)
+        self.analyzer = Analyzer(self.options, warn=self.warn)
+        self.state = RunState(seed=fresh_seed() if self.options.seed is None else int(self.options.seed))
         self.sinks = RunSinks(warn=self.warn)
-        self.history: list[dict[str, Any]] = []
-        self.last_report: SpectralReport | None = None
-        self.stopped_epoch: int | None = None
-        self.stop_reason: str = ""
-        self.analysis_time = 0.0
-        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ options, read through
     @property
@@ -140,9 +121,38 @@ class SpectralMonitor:
         return self.options.early_stopping
 
     @property
-    def every_n_epochs(self) -> int:
-        """Analyze every n-th epoch."""
-        return self.options.every_n_epochs
+    def seed(self) -> int:
+        """The seed of the shuffles (``options.seed``, else drawn from OS entropy; saved in the state)."""
+        return self.state.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.state.seed = int(value)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per analyzed epoch (see `RunState`)."""
+        return self.state.history
+
+    @property
+    def last_report(self) -> SpectralReport | None:
+        """The latest `SpectralReport` (None before the first analysis)."""
+        return self.state.last_report
+
+    @property
+    def stopped_epoch(self) -> int | None:
+        """The epoch at which the rule stopped training (None if it did not)."""
+        return self.state.stopped_epoch
+
+    @property
+    def stop_reason(self) -> str:
+        """The rule's reason for stopping ("" if it did not)."""
+        return self.state.stop_reason
+
+    @property
+    def analysis_time(self) -> float:
+        """Seconds spent in snapshot + analysis, for overhead reports."""
+        return self.analyzer.analysis_time
 
     # ------------------------------------------------------------------ schedule
     def should_run(self, epoch: int) -> bool:
@@ -176,16 +186,7 @@ class SpectralMonitor:
             >>> [lw.name for lw in SpectralMonitor(seed=0).snapshot({"fc.weight": np.ones((20, 10))})]
             ['fc']
         """
-        start = time.perf_counter()
-        try:
-            if _is_layer_list(model):
-                return list(model)
-            return snapshot(model, layers=self.options.layers, copy=copy)
-        except Exception as exc:
-            self.warn(f"could not snapshot the weights ({type(exc).__name__}: {exc}); no spectral metrics")
-            return None
-        finally:
-            self.analysis_time += time.perf_counter() - start
+        return self.analyzer.snapshot(model, copy=copy)
 
     def analyze(self, model: Any, *, epoch: int) -> SpectralReport | None:
         """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch``.
@@ -197,34 +198,7 @@ class SpectralMonitor:
             >>> report.layers[0].name
             'fc'
         """
-        layers = model if _is_layer_list(model) else self.snapshot(model)
-        if layers is None:
-            return None
-        opts = self.options
-        start = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                # "no analyzable layer" would repeat every epoch; it is said once below instead.
-                warnings.filterwarnings("ignore", message="no analyzable layer", category=RuntimeWarning)
-                report = _analyze(
-                    layers,
-                    randomize=opts.randomize,
-                    mp_fit=opts.mp_fit,
-                    n_random=opts.n_random,
-                    rng=self.rng_for(epoch),
-                    **(opts.analyze_kwargs or {}),
-                )
-        except Exception as exc:
-            self.warn(
-                f"spectral analysis failed at epoch {epoch} ({type(exc).__name__}: {exc}); training goes on"
-            )
-            log.debug("analysis failure", exc_info=True)
-            return None
-        finally:
-            self.analysis_time += time.perf_counter() - start
-        if not report.layers:
-            self._warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
-        return report
+        return self.analyzer.analyze(model, rng=self.rng_for(epoch), epoch=epoch)
 
     # ------------------------------------------------------------------ results
     def metrics_from(self, report: SpectralReport) -> dict[str, float]:
@@ -235,27 +209,15 @@ class SpectralMonitor:
             >>> sorted(m.metrics_from(m.analyze({"fc.weight": np.random.default_rng(0).normal(size=(90, 40))}, epoch=0)))
             ['ww/alpha', 'ww/fc/alpha']
         """
-        out: dict[str, float] = {}
-        summary, prefix = report.summary, self.prefix
-        missing = []
-        for metric in self.metrics:
-            value = float(summary.get(metric, math.nan))
-            if math.isfinite(value):
-                out[f"{prefix}{metric}"] = value
-            else:
-                missing.append(metric)
+        out, missing = report_scalars(
+            report, metrics=self.metrics, prefix=self.prefix, per_layer=self.per_layer
+        )
         if missing and report.layers:  # no layer at all was already reported by `analyze`
-            self._warn_once(
+            self.analyzer.warn_once(
                 "nan:" + ",".join(missing),
                 f"summary {', '.join(missing)} not finite ({report.num_summarized} of {len(report.layers)} layers "
                 "fitted); not logged when that happens",
             )
-        if self.per_layer:
-            for layer in report.layers:
-                for metric in self.metrics:
-                    value = float(getattr(layer, metric, math.nan))
-                    if math.isfinite(value):
-                        out[f"{prefix}{layer.longname}/{metric}"] = value
         return out
 
     def record(self, report: SpectralReport | None, *, epoch: int, step: int = 0) -> MonitorResult:
@@ -270,22 +232,12 @@ class SpectralMonitor:
         """
         if report is None:
             return MonitorResult()
-        self.last_report = report
-        entry: dict[str, Any] = {"epoch": int(epoch), "step": int(step)}
-        entry.update({k: float(v) for k, v in report.summary.items()})
-        entry.update(
-            num_summarized=report.num_summarized, num_layers=len(report.layers), elapsed=float(report.elapsed)
-        )
-        self.history.append(entry)
+        self.state.add(report, epoch=epoch, step=step)
         decision = self._decide(report, epoch)
         return MonitorResult(metrics=self.metrics_from(report), report=report, decision=decision)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
-        """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there.
-
-        Example:
-            >>> SpectralMonitor(seed=0).emit(MonitorResult(), epoch=0)  # no report, no sinks: nothing to do
-        """
+        """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there."""
         if result.report is not None:
             self.sinks.emit(result.report, epoch=int(epoch), step=int(step), is_last=bool(is_last))
 
@@ -293,12 +245,7 @@ class SpectralMonitor:
         self, report: SpectralReport | None, *, epoch: int, step: int = 0, is_last: bool = False
     ) -> MonitorResult:
         """`record` then `emit`, for callers that stop whenever the rule says so: the sinks are told the report
-        is the last one when ``is_last`` or when the rule says stop.
-
-        Example:
-            >>> SpectralMonitor(seed=0).process(None, epoch=0).metrics
-            {}
-        """
+        is the last one when ``is_last`` or when the rule says stop."""
         result = self.record(report, epoch=epoch, step=step)
         self.emit(result, epoch=epoch, step=step, is_last=is_last or result.stop)
         return result
@@ -314,13 +261,12 @@ class SpectralMonitor:
         return self.process(self.analyze(model, epoch=epoch), epoch=epoch, step=step, is_last=is_last)
 
     def _decide(self, report: SpectralReport, epoch: int) -> StopDecision | None:
-        rule = self.early_stopping
-        if rule is None:
-            return None
         try:
-            return rule.update(report, epoch=epoch)
+            return None if self.early_stopping is None else self.early_stopping.update(report, epoch=epoch)
         except Exception as exc:
-            self.warn(f"stopping rule {rule!r} failed at epoch {epoch} ({type(exc).__name__}: {exc})")
+            self.warn(
+                f"stopping rule {self.early_stopping!r} failed at epoch {epoch} ({type(exc).__name__}: {exc})"
+            )
             return None
 
     def record_stop(self, epoch: int, reason: str) -> None:
@@ -332,8 +278,7 @@ class SpectralMonitor:
             >>> m.stopped_epoch, m.stop_reason
             (4, 'mean alpha 1.9 is below 2')
         """
-        self.stopped_epoch = int(epoch)
-        self.stop_reason = str(reason)
+        self.state.record_stop(epoch, reason)
 
     def reset(self) -> None:
         """Forget history, last report, stop and rule state (the seed is kept).
@@ -342,11 +287,8 @@ class SpectralMonitor:
             >>> m = SpectralMonitor(seed=0); m.record_stop(1, "x"); m.reset(); m.stopped_epoch is None
             True
         """
-        self.history = []
-        self.last_report = None
-        self.stopped_epoch = None
-        self.stop_reason = ""
-        self.analysis_time = 0.0
+        self.state.reset()
+        self.analyzer.analysis_time = 0.0
         if self.early_stopping is not None:
             self.early_stopping.reset()
 
@@ -358,16 +300,7 @@ class SpectralMonitor:
             >>> sorted(SpectralMonitor(seed=0).state_dict())[:3]
             ['history', 'last_report', 'rule']
         """
-        rule = self.early_stopping
-        return {
-            "version": _STATE_VERSION,
-            "seed": self.seed,
-            "history": [dict(entry) for entry in self.history],
-            "rule": None if rule is None else rule.state_dict(),
-            "stopped_epoch": self.stopped_epoch,
-            "stop_reason": self.stop_reason,
-            "last_report": None if self.last_report is None else self.last_report.to_dict(),
-        }
+        return self.state.state_dict(rule=self.early_stopping)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict` saved; a resumed run continues the same history, patience and shuffles.
@@ -377,25 +310,11 @@ class SpectralMonitor:
             >>> b.load_state_dict(a.state_dict()); b.seed
             7
         """
-        if state.get("seed") is not None:
-            self.seed = int(state["seed"])
-        self.history = [dict(entry) for entry in state.get("history", [])]
-        rule_state, rule = state.get("rule"), self.early_stopping
-        if rule is not None and rule_state is not None:
-            rule.load_state_dict(rule_state)
-        elif rule_state is not None:
-            log.info("checkpoint holds stopping-rule state but this monitor has no rule; ignored")
-        stopped = state.get("stopped_epoch")
-        self.stopped_epoch = None if stopped is None else int(stopped)
-        self.stop_reason = str(state.get("stop_reason", ""))
-        last = state.get("last_report")
-        self.last_report = None if last is None else SpectralReport.from_dict(last)
+        self.state.load_state_dict(state, rule=self.early_stopping)
 
     # ------------------------------------------------------------------ sinks
     def resolve_wandb_run(self, candidate: Any = None) -> Any:
-        """The W&B run to log to: ``candidate``, else an active ``wandb.run`` if wandb is already imported,
-        else a new run when ``wandb_init_kwargs`` was given, else None (always None with ``log_wandb=False``).
-        Never imports wandb otherwise.
+        """The W&B run to log to (`RunSinks.resolve_wandb_run`; None with ``log_wandb=False``).
 
         Example:
             >>> SpectralMonitor(seed=0, log_wandb=False).resolve_wandb_run() is None
@@ -410,11 +329,10 @@ class SpectralMonitor:
         return self.sinks.owns(run)
 
     def open_sinks(self, *, history_path: Any = None, wandb_run: Any = None, **wandb_options: Any) -> None:
-        """Attach a history file and/or a W&B run; every report `emit` gets then goes to them.
+        """Attach a history file and/or a W&B run (rank 0 only); `emit` then sends every report to them.
 
-        ``wandb_options`` go to `ww_callbacks.sinks.wandb.WandbSink` (``step_metric``, ``per_layer``,
-        ``log_summary`` ...); ``prefix``, ``per_layer`` and ``media_every_n_epochs`` default to the monitor's.
-        Call it on one process only (rank 0). Failures become warnings.
+        ``wandb_options`` go to `ww_callbacks.sinks.wandb.WandbSink`; ``prefix``, ``per_layer`` and
+        ``media_every_n_epochs`` default to the monitor's. Failures become warnings.
 
         Example:
             >>> m = SpectralMonitor(seed=0); m.open_sinks(); m.close_sinks()
@@ -442,13 +360,8 @@ class SpectralMonitor:
         """Warn (``RuntimeWarning``, prefixed ``ww_callbacks:``) instead of raising: analysis never stops training."""
         warnings.warn(f"ww_callbacks: {message}", RuntimeWarning, stacklevel=3)
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            self.warn(message)
-
     def __repr__(self) -> str:
         return (
-            f"SpectralMonitor(every_n_epochs={self.every_n_epochs}, metrics={self.metrics}, "
+            f"SpectralMonitor(every_n_epochs={self.options.every_n_epochs}, metrics={self.metrics}, "
             f"per_layer={self.per_layer}, prefix={self.prefix!r}, early_stopping={self.early_stopping!r})"
         )

@@ -59,6 +59,37 @@ def _figure_to_image(fig: Any, wandb: Any, caption: str) -> Any:
     return wandb.Image(image, caption=caption)
 
 
+def _table(wandb: Any, report: SpectralReport, epoch: int, step: int) -> Any:
+    """A ``wandb.Table`` with one row per layer: epoch, step, layer and every `LayerResult` column."""
+    rows = [layer.to_row() for layer in report.layers]
+    columns = ["epoch", "step", "layer"] + [c for c in rows[0] if c not in ("epoch", "step", "layer")]
+    data = []
+    for layer, row in zip(report.layers, rows, strict=True):
+        values = [epoch, step, layer.longname]
+        for column in columns[3:]:
+            value = row.get(column)
+            # numpy scalars become Python ones; NaN stays NaN (the table shows it as such).
+            plain = jsonable(value)
+            values.append(float("nan") if plain is None and isinstance(value, float) else plain)
+        data.append(values)
+    return wandb.Table(columns=columns, data=data)
+
+
+def _histograms(wandb: Any, report: SpectralReport, prefix: str) -> dict[str, Any]:
+    """``{prefix}{layer}/esd``: a ``wandb.Histogram`` of log10 of each layer's positive eigenvalues."""
+    out = {}
+    for layer in report.layers:
+        if layer.evals is None:
+            continue
+        evals = np.asarray(layer.evals, dtype=np.float64)
+        evals = evals[np.isfinite(evals) & (evals > 0)]
+        if evals.size == 0:
+            continue
+        counts, edges = _histogram(np.log10(evals))
+        out[f"{prefix}{layer.longname}/esd"] = wandb.Histogram(np_histogram=(counts, edges))
+    return out
+
+
 class WandbSink:
     """Send each `SpectralReport` to a W&B run.
 
@@ -215,33 +246,6 @@ class WandbSink:
                         out[f"{self.prefix}{layer.longname}/{metric}"] = number
         return out
 
-    def _table(self, wandb: Any, report: SpectralReport, epoch: int, step: int) -> Any:
-        rows = [layer.to_row() for layer in report.layers]
-        columns = ["epoch", "step", "layer"] + [c for c in rows[0] if c not in ("epoch", "step", "layer")]
-        data = []
-        for layer, row in zip(report.layers, rows, strict=True):
-            values = [epoch, step, layer.longname]
-            for column in columns[3:]:
-                value = row.get(column)
-                # numpy scalars become Python ones; NaN stays NaN (the table shows it as such).
-                plain = jsonable(value)
-                values.append(float("nan") if plain is None and isinstance(value, float) else plain)
-            data.append(values)
-        return wandb.Table(columns=columns, data=data)
-
-    def _histograms(self, wandb: Any, report: SpectralReport) -> dict[str, Any]:
-        out = {}
-        for layer in report.layers:
-            if layer.evals is None:
-                continue
-            evals = np.asarray(layer.evals, dtype=np.float64)
-            evals = evals[np.isfinite(evals) & (evals > 0)]
-            if evals.size == 0:
-                continue
-            counts, edges = _histogram(np.log10(evals))
-            out[f"{self.prefix}{layer.longname}/esd"] = wandb.Histogram(np_histogram=(counts, edges))
-        return out
-
     def _esd_images(self, wandb: Any, report: SpectralReport, epoch: int) -> dict[str, Any]:
         from ..plots import plot_esd
 
@@ -288,9 +292,9 @@ class WandbSink:
             self._define_metrics(run, report)
             payload.update(self._scalars(report))
             if self.log_table and report.layers:
-                payload[f"{self.prefix}layers"] = self._table(wandb, report, epoch, step)
+                payload[f"{self.prefix}layers"] = _table(wandb, report, epoch, step)
             if self.log_histograms:
-                payload.update(self._histograms(wandb, report))
+                payload.update(_histograms(wandb, report, self.prefix))
             for layer in report.layers:
                 self._layer_rows.append(
                     {

@@ -1,0 +1,113 @@
+"""`Analyzer`: one analysis of a model's weights, in the calling thread, never raising.
+
+It snapshots the weights (`ww_callbacks.snapshot`, filtered by the ``layers`` option) and runs
+`ww_callbacks.analyze` on them with the engine's options and the generator of that analysis; failures become
+warnings and a None report, so training never dies because of the analysis. A background worker would keep
+this interface: take a copied snapshot (``copy=True``) now, hand the report back later.
+
+Example:
+    >>> import numpy as np
+    >>> from ww_callbacks.engine.options import WatchOptions
+    >>> analyzer = Analyzer(WatchOptions(), warn=print)
+    >>> analyzer.analyze({"fc.weight": np.eye(30)}, rng=np.random.default_rng(0), epoch=0).layers[0].name
+    'fc'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..analysis import analyze as _analyze
+from ..layers import LayerWeights, snapshot
+from ..spectral.report import SpectralReport
+from .options import WatchOptions
+
+__all__ = ["Analyzer", "is_layer_list"]
+
+log = logging.getLogger(__name__)
+
+
+def is_layer_list(obj: Any) -> bool:
+    """True for a ready snapshot: a sequence of `LayerWeights` (analyzed as given).
+
+    Example:
+        >>> is_layer_list([]), is_layer_list("fc")
+        (True, False)
+    """
+    return (
+        isinstance(obj, Sequence)
+        and not isinstance(obj, (str, bytes))
+        and all(isinstance(item, LayerWeights) for item in obj)
+    )
+
+
+class Analyzer:
+    """Snapshot and analyze with fixed options; ``analysis_time`` adds up the seconds spent.
+
+    Args:
+        options: the engine's `WatchOptions` (``layers``, ``randomize``, ``mp_fit``, ``n_random``,
+            ``analyze_kwargs``).
+        warn: how failures are reported.
+    """
+
+    def __init__(self, options: WatchOptions, *, warn: Callable[[str], None]) -> None:
+        self.options = options
+        self.analysis_time = 0.0
+        self._warn = warn
+        self._warned: set[str] = set()
+
+    def snapshot(self, model: Any, *, copy: bool = False) -> list[LayerWeights] | None:
+        """The analyzable weights of ``model`` (filtered by ``layers``); None (with a warning) on error."""
+        start = time.perf_counter()
+        try:
+            if is_layer_list(model):
+                return list(model)
+            return snapshot(model, layers=self.options.layers, copy=copy)
+        except Exception as exc:
+            self._warn(f"could not snapshot the weights ({type(exc).__name__}: {exc}); no spectral metrics")
+            return None
+        finally:
+            self.analysis_time += time.perf_counter() - start
+
+    def analyze(self, model: Any, *, rng: np.random.Generator, epoch: int) -> SpectralReport | None:
+        """The report of ``model`` (a model, a mapping or a snapshot list); None (with a warning) on error."""
+        layers = model if is_layer_list(model) else self.snapshot(model)
+        if layers is None:
+            return None
+        opts = self.options
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                # "no analyzable layer" would repeat every epoch; it is said once below instead.
+                warnings.filterwarnings("ignore", message="no analyzable layer", category=RuntimeWarning)
+                report = _analyze(
+                    layers,
+                    randomize=opts.randomize,
+                    mp_fit=opts.mp_fit,
+                    n_random=opts.n_random,
+                    rng=rng,
+                    **(opts.analyze_kwargs or {}),
+                )
+        except Exception as exc:
+            self._warn(
+                f"spectral analysis failed at epoch {epoch} ({type(exc).__name__}: {exc}); training goes on"
+            )
+            log.debug("analysis failure", exc_info=True)
+            return None
+        finally:
+            self.analysis_time += time.perf_counter() - start
+        if not report.layers:
+            self.warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
+        return report
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Warn about ``key`` the first time only (things that would repeat every epoch)."""
+        if key not in self._warned:
+            self._warned.add(key)
+            self._warn(message)

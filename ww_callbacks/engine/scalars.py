@@ -1,0 +1,40 @@
+"""The scalars a report is logged as: ``{prefix}{metric}`` summaries and ``{prefix}{layer}/{metric}`` values.
+
+Example:
+    >>> import numpy as np, ww_callbacks
+    >>> report = ww_callbacks.analyze({"fc.weight": np.random.default_rng(0).normal(size=(90, 40))}, seed=0)
+    >>> values, missing = report_scalars(report, metrics=("alpha",), prefix="ww/", per_layer=True)
+    >>> sorted(values), missing
+    (['ww/alpha', 'ww/fc/alpha'], [])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..spectral.report import SpectralReport
+
+__all__ = ["report_scalars"]
+
+
+def report_scalars(
+    report: SpectralReport, *, metrics: Sequence[str], prefix: str, per_layer: bool
+) -> tuple[dict[str, float], list[str]]:
+    """(the finite scalars to log, the summary metrics left out because they are not finite)."""
+    out: dict[str, float] = {}
+    summary = report.summary
+    missing = []
+    for metric in metrics:
+        value = float(summary.get(metric, math.nan))
+        if math.isfinite(value):
+            out[f"{prefix}{metric}"] = value
+        else:
+            missing.append(metric)
+    if per_layer:
+        for layer in report.layers:
+            for metric in metrics:
+                value = float(getattr(layer, metric, math.nan))
+                if math.isfinite(value):
+                    out[f"{prefix}{layer.longname}/{metric}"] = value
+    return out, missing
