@@ -541,3 +541,23 @@ def test_argument_errors():
     with pytest.raises(TypeError, match="StoppingRule"):
         WeightWatcherCallback(early_stopping="alpha")
     assert isinstance(WeightWatcherCallback(), keras.callbacks.Callback)
+
+
+def test_history_path_has_one_meaning_and_bad_values_fail_at_construction(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stray default file would land here
+    model = compile_model(tiny_mlp())
+    for no_file in (None, False):  # Keras has no log directory: no default file
+        ww = WeightWatcherCallback(history_path=no_file, randomize=False, seed=0)
+        _fit(model, [ww], epochs=1)
+        assert len(ww.history) == 1
+    assert not list(tmp_path.rglob("*.jsonl"))
+    ww = WeightWatcherCallback(history_path=tmp_path / "h.jsonl", randomize=False, seed=0)
+    _fit(model, [ww], epochs=1)
+    assert (tmp_path / "h.jsonl").exists()
+    for bad in (3, ["h.jsonl"], b"h.jsonl"):
+        with pytest.raises(TypeError, match="history_path must be None, False, True or a path"):
+            WeightWatcherCallback(history_path=bad)
+    with pytest.raises(ValueError, match="Keras has no log directory"):
+        WeightWatcherCallback(history_path=True)
+    with pytest.raises(ValueError, match="empty path"):
+        WeightWatcherCallback(history_path="")

@@ -296,6 +296,30 @@ def test_imports_stay_in_their_namespace(imports, must, must_not):
     assert must <= loaded and not (must_not & loaded), loaded
 
 
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_history_path_has_one_meaning_and_bad_values_fail_at_construction(namespace, tmp_path):
+    _, mod = namespace_modules(namespace)
+    for bad in (3, ["h.jsonl"], b"h.jsonl"):
+        with pytest.raises(TypeError, match="history_path must be None, False, True or a path"):
+            mod.WeightWatcherCallback(history_path=bad)
+    with pytest.raises(ValueError, match="empty path"):
+        mod.WeightWatcherCallback(history_path="")
+    # None and True: the trainer's log directory; False: no file; a path: that file.
+    callbacks = {
+        "none": mod.WeightWatcherCallback(seed=0, randomize=False),
+        "true": mod.WeightWatcherCallback(prefix="t/", history_path=True, seed=0, randomize=False),
+        "false": mod.WeightWatcherCallback(prefix="f/", history_path=False, seed=0, randomize=False),
+        "path": mod.WeightWatcherCallback(prefix="p/", history_path=tmp_path / "mine.jsonl", randomize=False),
+    }
+    trainer = make_trainer(namespace, tmp_path, max_epochs=1, callbacks=list(callbacks.values()))
+    trainer.fit(make_model(namespace))
+    assert all(len(cb.history) == 1 for cb in callbacks.values())
+    default = tmp_path / "ww_history.jsonl"  # logger=False: the log directory is default_root_dir
+    assert sorted(p.name for p in tmp_path.rglob("*.jsonl")) == ["mine.jsonl", "ww_history.jsonl"]
+    rows = [json.loads(line) for line in default.read_text().splitlines()]
+    assert len(rows) == 2 * len(callbacks["none"].last_report.layers)  # "none" and "true" share the file
+
+
 def test_same_class_contract_in_both_namespaces():
     _, light = namespace_modules("lightning.pytorch")
     _, classic = namespace_modules("pytorch_lightning")

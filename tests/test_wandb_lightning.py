@@ -129,3 +129,31 @@ def test_media_and_metric_definitions(fitted):
     assert len(esd) == EPOCHS and all(len(r["ww/net.0/esd"]["values"]) <= 512 for r in esd)
     (final,) = run.rows_with("ww/alpha_heatmap")
     assert "ww/summary_plot" in final and final["trainer/global_step"] == steps[-1]
+
+
+def test_last_epoch_media_only_when_training_really_ends(tmp_path):
+    # The rule fires from the first epoch on, but min_epochs=3 keeps training going until epoch 2: only then
+    # is the report the last one. Images: the first analysis, then the last (media spacing is larger).
+    from ww_callbacks.stopping import AlphaBelow
+
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="ww-callbacks-tests")
+    ww = WeightWatcherCallback(
+        seed=0, randomize=False, media_every_n_epochs=10, early_stopping=AlphaBelow(threshold=100.0)
+    )
+    trainer = Trainer(
+        min_epochs=3,
+        max_epochs=8,
+        logger=logger,
+        callbacks=[ww],
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(TinyNet())
+    wandb.finish()
+    assert ww.stopped_epoch == 2 and [h["epoch"] for h in ww.history] == [0, 1, 2]
+    steps = [h["step"] for h in ww.history]
+    image_rows = read_run(tmp_path).rows_with("ww/net.0/esd_plot")
+    assert [r["trainer/global_step"] for r in image_rows] == [steps[0], steps[2]]
