@@ -22,7 +22,7 @@ Example:
 from .monitor import MonitorResult, SpectralMonitor
 from .options import DEFAULT_METRICS, HISTORY_FILENAME, WatchOptions
 from .schedule import EpochSchedule
-from .views import EngineViews, MonitorViews
+from .views import EngineViews
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -30,7 +30,6 @@ __all__ = [
     "EngineViews",
     "EpochSchedule",
     "MonitorResult",
-    "MonitorViews",
     "SpectralMonitor",
     "WatchOptions",
 ]

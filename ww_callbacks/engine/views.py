@@ -12,7 +12,7 @@ from ..spectral.report import SpectralReport
 from ..stopping import StoppingRule
 from .monitor import SpectralMonitor
 
-__all__ = ["EngineViews", "MonitorViews"]
+__all__ = ["EngineViews"]
 
 
 class EngineViews:
@@ -62,7 +62,3 @@ class EngineViews:
     def seed(self) -> int:
         """Seed of the randomized ESDs (epoch e uses ``numpy.random.default_rng([seed, e])``)."""
         return self.engine.seed
-
-
-#: The former name of `EngineViews`.
-MonitorViews = EngineViews
