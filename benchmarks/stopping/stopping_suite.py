@@ -382,17 +382,20 @@ def train_keras(spec: RunSpec, history_path: Path) -> list[dict[str, float]]:
 def _versions(framework: str) -> dict[str, str]:
     import importlib.metadata as md
 
-    names = ["numpy", "torch", "lightning"] if framework == "lightning" else ["numpy", "keras"]
+    names = ["numpy", "torch", "lightning"]
     if framework == "keras":
         import keras
 
-        names.append(keras.backend.backend() if keras.backend.backend() != "torch" else "torch")
+        backend = keras.backend.backend()
+        names = ["numpy", "keras", {"tensorflow": "tensorflow-cpu"}.get(backend, backend)]
     out = {}
     for name in names:
-        try:
-            out[name] = md.version({"tensorflow": "tensorflow", "jax": "jax"}.get(name, name))
-        except md.PackageNotFoundError:
-            out[name] = "?"
+        for dist in (name, name.removesuffix("-cpu")):
+            try:
+                out[name.removesuffix("-cpu")] = md.version(dist)
+                break
+            except md.PackageNotFoundError:
+                continue
     return out
 
 
