@@ -876,5 +876,20 @@ def replay(rule: StoppingRule, history: Any, *, reset: bool = True) -> Replay:
 
 
 def recommended() -> StoppingRule:
-    """PLACEHOLDER until measured."""
-    return Plateau("alpha", mode="min", patience=3)
+    """A fresh instance of the rule the stopping benchmark chose: ``Plateau("alpha_weighted", mode="min",
+    patience=8, start_from_epoch=3)``, keeping the weights where it stops.
+
+    Chosen among 876 data-free configurations on the tuning half of ``benchmarks/stopping/`` (34 runs: MLPs
+    with and without label noise, a CNN, grokking, Keras) and measured on the other half. It does **not**
+    reach the benchmark's target (mean accuracy gap <= 0.02, worst <= 0.05, >= 25% of the epochs saved): on the
+    held-out runs it loses 0.035 accuracy on average and 0.134 at worst (a grokking run stopped while validation
+    accuracy was still climbing), saving 40% of the epochs. In most runs the weighted alpha rises from epoch 3
+    on, so the rule stops after epoch 12 whatever happens; it waits longer only while the weighted alpha still
+    falls (grokking). See the README section "Does data-free stopping work?" before relying on it.
+
+    Example:
+        >>> rule = recommended()
+        >>> rule.monitor, rule.mode, rule.patience, rule.start_from_epoch
+        ('alpha_weighted', 'min', 8, 3)
+    """
+    return Plateau("alpha_weighted", mode="min", patience=8, start_from_epoch=3)
