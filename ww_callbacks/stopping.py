@@ -879,7 +879,7 @@ def recommended() -> StoppingRule:
     """A fresh instance of the rule the stopping benchmark chose: ``Plateau("alpha_weighted", mode="min",
     patience=8, start_from_epoch=3)``, keeping the weights where it stops.
 
-    Chosen among 876 data-free configurations on the tuning half of ``benchmarks/stopping/`` (34 runs: MLPs
+    Chosen among 874 data-free configurations on the tuning half of ``benchmarks/stopping/`` (34 runs: MLPs
     with and without label noise, a CNN, grokking, Keras) and measured on the other half. It does **not**
     reach the benchmark's target (mean accuracy gap <= 0.02, worst <= 0.05, >= 25% of the epochs saved): on the
     held-out runs it loses 0.035 accuracy on average and 0.134 at worst (a grokking run stopped while validation

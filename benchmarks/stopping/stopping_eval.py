@@ -94,8 +94,9 @@ def rule_outcome(run: Run, rule: StoppingRule, *, restore: bool) -> Outcome:
     return _outcome(run, trained, min(kept, last), stop is not None)
 
 
-def val_loss_early_stopping(run: Run, patience: int) -> Outcome:
-    """Keras/Lightning EarlyStopping(monitor="val_loss", patience, min_delta=0) restoring the best epoch."""
+def val_loss_early_stopping(run: Run, patience: int, restore: bool = True) -> Outcome:
+    """Keras/Lightning EarlyStopping(monitor="val_loss", patience, min_delta=0), restoring the best epoch (also
+    when it never fires, like a checkpoint of the best val_loss) or keeping the weights where it stopped."""
     best, best_epoch, wait = math.inf, 0, 0
     for epoch, loss in enumerate(run.val_loss):
         if loss < best:
@@ -103,8 +104,9 @@ def val_loss_early_stopping(run: Run, patience: int) -> Outcome:
         else:
             wait += 1
             if wait >= patience:
-                return _outcome(run, epoch + 1, best_epoch, True)
-    return _outcome(run, len(run.val_loss), best_epoch, False)
+                return _outcome(run, epoch + 1, best_epoch if restore else epoch, True)
+    last = len(run.val_loss) - 1
+    return _outcome(run, last + 1, best_epoch if restore else last, False)
 
 
 def fixed_budget(run: Run, fraction: float) -> Outcome:
@@ -127,11 +129,17 @@ class Strategy:
     """A way to stop (and keep weights): a data-free rule, or a baseline."""
 
     group: str  # the rule family (one tuned row per group)
-    label: str
+    label: str  # the rule and its options (restore or not is ``restore``)
     outcome: Callable[[Run], Outcome]
     data_free: bool = True
     make: Callable[[], StoppingRule] | None = field(default=None, compare=False)
     restore: bool = False
+    #: the same stop, keeping the weights at the stop (False) or restoring (True); None: no such choice
+    variant: Callable[[Run, bool], Outcome] | None = field(default=None, compare=False)
+
+    @property
+    def full_label(self) -> str:
+        return self.label + (" + restore" if self.restore else "")
 
 
 def short_label(rule: StoppingRule) -> str:
@@ -147,16 +155,16 @@ def _rule_strategies(group: str, makers: Iterable[Callable[[], StoppingRule]]) -
     out = []
     for make in makers:
         label = short_label(make())
+
+        def variant(run: Run, restore: bool, make: Callable[[], StoppingRule] = make) -> Outcome:
+            return rule_outcome(run, make(), restore=restore)
+
         for restore in (False, True):
 
-            def outcome(
-                run: Run, make: Callable[[], StoppingRule] = make, restore: bool = restore
-            ) -> Outcome:
-                return rule_outcome(run, make(), restore=restore)
+            def outcome(run: Run, variant: Any = variant, restore: bool = restore) -> Outcome:
+                return variant(run, restore)  # type: ignore[no-any-return]
 
-            out.append(
-                Strategy(group, label + (" + restore" if restore else ""), outcome, True, make, restore)
-            )
+            out.append(Strategy(group, label, outcome, True, make, restore, variant))
     return out
 
 
@@ -283,9 +291,11 @@ def baseline_strategies(runs: Sequence[Run] | None = None) -> list[Strategy]:
     out = [
         Strategy(
             "val_loss EarlyStopping",
-            f"EarlyStopping(val_loss, patience={p}) + restore best",
+            f"EarlyStopping(val_loss, patience={p})",
             lambda run, p=p: val_loss_early_stopping(run, p),
             data_free=False,
+            restore=True,
+            variant=lambda run, restore, p=p: val_loss_early_stopping(run, p, restore),
         )
         for p in (3, 5)
     ]
@@ -420,45 +430,54 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align_left: int
 
 
 def held_out_table(tuned: Sequence[Tuned], baselines: Sequence[Strategy], runs: Sequence[Run]) -> str:
+    """One row per rule family (its options chosen on the tuning half) and per baseline, scored on the held-out
+    half: where it stopped, and the gap keeping the weights at the stop or restoring its best epoch (``*``: the
+    choice made on the tuning half)."""
     held, tune = split(runs, "held-out"), split(runs, "tune")
     header = [
         "rule (options chosen on the tuning half)",
-        "mean gap",
-        "worst gap",
+        "stopped after",
         "saved",
         "never fired",
-        "stopped after (median, range)",
+        "gap at stop: mean / worst",
+        "restored: mean / worst",
         "tune: gap / saved",
     ]
 
-    def row(
-        label: str, strategy: Strategy, held_score: Score, tune_score: Score, never: bool = True
-    ) -> list[str]:
-        trained = [o.trained for o in (strategy.outcome(r) for r in held) if o.fired]
+    def row(label: str, strategy: Strategy, tune_score: Score) -> list[str]:
+        chosen = [strategy.outcome(r) for r in held]
+        trained = [o.trained for o in chosen if o.fired]
         stops = f"{np.median(trained):g} ({min(trained)}-{max(trained)})" if trained else "-"
+        cells = []
+        for restore in (False, True):
+            if strategy.variant is None:
+                outs = chosen if not restore else None
+            else:
+                outs = [strategy.variant(r, restore) for r in held]
+            if outs is None:
+                cells.append("-")
+                continue
+            s = score(outs)
+            mark = "*" if strategy.variant is not None and restore == strategy.restore else ""
+            cells.append(f"{s.mean_gap:.3f} / {s.worst_gap:.3f}{mark}")
+        h = score(chosen)
+        never = f"{h.never}/{h.runs}" if strategy.group != "never stop" else "-"
         return [
             label,
-            _fmt_gap(held_score.mean_gap),
-            _fmt_gap(held_score.worst_gap),
-            f"{held_score.saved:.0%}",
-            f"{held_score.never}/{held_score.runs}" if never else "-",
             stops,
+            f"{h.saved:.0%}",
+            never,
+            *cells,
             f"{tune_score.mean_gap:.3f} / {tune_score.saved:.0%}",
         ]
 
     rows = [
-        row(
-            t.strategy.label + (" [as shipped]" if t.group == "as shipped" else ""),
-            t.strategy,
-            t.held_out,
-            t.tune,
-        )
+        row(t.strategy.label + (" [as shipped]" if t.group == "as shipped" else ""), t.strategy, t.tune)
         for t in sorted(tuned, key=lambda t: (t.group == "as shipped", selection_key(t.held_out)))
     ]
     for b in baselines:
         label = ("[data] " if not b.data_free else "[baseline] ") + b.label
-        h, t = score([b.outcome(r) for r in held]), score([b.outcome(r) for r in tune])
-        rows.append(row(label, b, h, t, never=b.group != "never stop"))
+        rows.append(row(label, b, score([b.outcome(r) for r in tune])))
     return _table(header, rows)
 
 
@@ -521,7 +540,8 @@ def report(runs: Sequence[Run], *, smoke: bool = False) -> str:
     rec = recommended()
     lines = [
         f"{len(runs)} runs: {tune_n} tune the rules' options, {held_n} are held out "
-        f"({len({r.family for r in runs})} families; {sum(t.tried for t in tuned)} data-free configurations tried).",
+        f"({len({r.family for r in runs})} families; {sum(t.tried for t in tuned if t.group != 'as shipped')} data-free configurations of "
+        f"{sum(t.group != 'as shipped' for t in tuned)} rule families tried).",
         "gap = best validation accuracy of the run - accuracy of the weights kept; saved = share of the budget "
         "not trained; [data] uses the validation set.",
         "",
@@ -530,13 +550,13 @@ def report(runs: Sequence[Run], *, smoke: bool = False) -> str:
         "",
         family_table(
             [
-                ("best data-free: " + best.strategy.label, best.strategy),
-                *((b.label, b) for b in baselines if "50%" not in b.label),
+                ("best data-free: " + best.strategy.full_label, best.strategy),
+                *((b.full_label, b) for b in baselines if "50%" not in b.label),
             ],
             runs,
         ),
         "",
-        f"Best data-free rule (chosen on the tuning half): {best.strategy.label}",
+        f"Best data-free rule (chosen on the tuning half): {best.strategy.full_label}",
         per_run_table(best.strategy, runs),
         "",
         (
@@ -546,12 +566,15 @@ def report(runs: Sequence[Run], *, smoke: bool = False) -> str:
             + ("target MET." if h.meets_target else "target MISSED.")
         ),
     ]
-    rec_label = repr(rec) + (" + restore" if best.strategy.restore else "")
     if not smoke:
         agrees = best.strategy.make is not None and repr(best.strategy.make()) == repr(rec)
         lines.append(
             f"ww_callbacks.stopping.recommended() = {rec!r}: "
-            + ("the rule chosen here." if agrees else f"NOT the rule chosen here ({rec_label})")
+            + (
+                "the rule chosen here."
+                if agrees
+                else f"NOT the rule chosen here ({best.strategy.full_label})"
+            )
         )
     return "\n".join(lines)
 
@@ -608,7 +631,7 @@ def plot_trajectories(runs: Sequence[Run], path: Path, names: Sequence[str] = PL
         twin.plot(*zip(*values, strict=True), "-", color="C1", alpha=0.6, lw=1)
         twin.set_ylabel(f"mean {metric} (no data)", color="C1", fontsize=8)
         o = best.strategy.outcome(run)
-        ax.axvline(o.trained, color="C3", ls="--", lw=1, label=f"stop: {best.strategy.label}")
+        ax.axvline(o.trained, color="C3", ls="--", lw=1, label=f"stop: {best.strategy.full_label}")
         ax.plot(o.kept + 1, run.val_acc[o.kept], "o", color="C3", mfc="none", ms=10)
         for strategy, marker, color in others:
             out = strategy.outcome(run)
