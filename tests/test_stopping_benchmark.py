@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from _cli_utils import REPO_ROOT, is_png, run_python
 
-from ww_callbacks.stopping import AnyOf, Plateau, Slowdown, TrapsAppear, recommended, replay
+from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau, Slowdown, TrapsAppear, recommended, replay
 
 BENCH = REPO_ROOT / "benchmarks" / "stopping"
 
@@ -60,6 +60,25 @@ def test_rule_outcome_gap_saved_and_restore():
     assert (never.trained, never.kept, never.fired, never.saved) == (8, 7, False, 0.0)
     assert never.gap == pytest.approx(0.30)
     assert ev.rule_outcome(run, Plateau("alpha", mode="min", patience=5), restore=True).kept == 6
+
+
+def test_configurations_that_share_a_repr_are_replayed_apart():
+    # AlphaBelow's repr leaves out consecutive and start_from_epoch: the replay cache and the labels must not.
+    ev = bench("stopping_eval")
+    run = make_run([0.5] * 6, alpha=[1.5, 2.5, 1.5, 1.5, 1.5, 1.5])
+    first = ev.rule_outcome(run, AlphaBelow(2.0), restore=False)
+    third = ev.rule_outcome(run, AlphaBelow(2.0, consecutive=3), restore=False)
+    late = ev.rule_outcome(run, AlphaBelow(2.0, start_from_epoch=2), restore=False)
+    assert (first.trained, third.trained, late.trained) == (1, 5, 3)
+    labels = {
+        ev.short_label(r)
+        for r in (AlphaBelow(2.0), AlphaBelow(2.0, consecutive=3), AlphaBelow(2.0, start_from_epoch=2))
+    }
+    assert labels == {
+        "AlphaBelow(threshold=2, mean)",
+        "AlphaBelow(threshold=2, mean, consecutive=3)",
+        "AlphaBelow(threshold=2, mean, start=2)",
+    }
 
 
 def test_baselines_by_hand():

@@ -81,9 +81,18 @@ def _outcome(run: Run, trained: int, kept: int, fired: bool) -> Outcome:
     return Outcome(run.name, run.family, len(acc), trained, kept, fired, float(acc.max() - acc[kept]))
 
 
+def config_key(rule: StoppingRule) -> str:
+    """Every option of a fresh ``rule`` (its repr may leave some out, e.g. AlphaBelow's ``consecutive``)."""
+    children = getattr(rule, "rules", None)
+    if children is not None:
+        return f"{type(rule).__name__}({', '.join(config_key(c) for c in children)})"
+    options = {k: v for k, v in vars(rule).items() if not k.startswith("_") and k != "last_decision"}
+    return f"{type(rule).__name__}{sorted(options.items())!r}"
+
+
 def rule_outcome(run: Run, rule: StoppingRule, *, restore: bool) -> Outcome:
     """Replay ``rule`` on ``run``'s history (data-free) and score where it stopped or what it kept."""
-    key = repr(rule)  # a rule's repr names all its options: replay each configuration once per run
+    key = config_key(rule)  # replay each configuration once per run
     result = run.replays.get(key)
     if result is None:
         result = run.replays[key] = replay(rule, run.reports)
@@ -143,8 +152,13 @@ class Strategy:
 
 
 def short_label(rule: StoppingRule) -> str:
-    """``repr(rule)`` without quotes and without the options left at their defaults of no effect."""
-    text = repr(rule).replace("'", "").replace("mode=", "")
+    """``repr(rule)`` without quotes and without the options left at their defaults of no effect (plus the
+    options AlphaBelow's repr does not show)."""
+    text = repr(rule)
+    if isinstance(rule, AlphaBelow):
+        text = text[:-1] + f", consecutive={rule.consecutive}, start_from_epoch={rule.start_from_epoch})"
+        text = text.replace(", consecutive=1", "")
+    text = text.replace("'", "").replace("mode=", "")
     text = re.sub(r", (min_delta|start_from_epoch)=0(?=[,)])", "", text)
     text = re.sub(r"(Slowdown\([^()]*?), patience=1(?=[,)])", r"\1", text)
     text = text.replace("reduce=mean, fraction=0.5", "mean").replace("reduce=fraction, ", "")
