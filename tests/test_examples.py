@@ -163,10 +163,12 @@ def test_wandb_offline(tmp_path: Path) -> None:
     assert len(run.values("val_loss")) == 2
 
 
-def _check_seed_experiment(out: str, directory: Path, epochs: int, configs: list[tuple[float, int]]) -> None:
+def _check_seed_experiment(
+    out: str, directory: Path, epochs: int, configs: list[tuple[float, int, int]]
+) -> None:
     se = _load_example_module("seed_experiment.py")
     runs = _csv_rows(directory / "runs.csv")
-    assert [(float(r["lr"]), int(r["batch_size"])) for r in runs] == configs
+    assert [(float(r["lr"]), int(r["batch_size"]), int(r["seed"])) for r in runs] == configs
     epoch_rows = _csv_rows(directory / "epochs.csv")
     assert len(epoch_rows) == len(configs) * epochs
     for name in ("scatter.png", "curves.png", "report.txt"):
@@ -177,15 +179,16 @@ def _check_seed_experiment(out: str, directory: Path, epochs: int, configs: list
 
     stops = _csv_rows(directory / "stopping.csv")
     for run in runs:
-        lr, bs = float(run["lr"]), int(run["batch_size"])
-        history_path = directory / "runs" / f"lr{lr:g}_bs{bs}" / "ww_history.jsonl"
+        key = (float(run["lr"]), int(run["batch_size"]), int(run["seed"]))
+        lr, bs, seed = key
+        history_path = directory / "runs" / f"lr{lr:g}_bs{bs}_s{seed}" / "ww_history.jsonl"
         reports = _reports_by_epoch(history_path)
         assert sorted(reports) == list(range(epochs))
         # The table reports the callback's numbers: the last epoch's summary from the history file.
         last = reports[epochs - 1].summary
         assert float(run["rand_distance"]) == pytest.approx(last["rand_distance"], rel=1e-9)
         assert float(run["alpha"]) == pytest.approx(last["alpha"], rel=1e-9)
-        mine = [r for r in epoch_rows if (float(r["lr"]), int(r["batch_size"])) == (lr, bs)]
+        mine = [r for r in epoch_rows if (float(r["lr"]), int(r["batch_size"]), int(r["seed"])) == key]
         assert float(run["val_acc"]) == float(mine[-1]["val_acc"])
         # Data-free: replaying the rules on the spectral history alone gives the reported stop epochs.
         for name, rule in se.data_free_rules().items():
@@ -194,32 +197,53 @@ def _check_seed_experiment(out: str, directory: Path, epochs: int, configs: list
                 if rule.update(report, epoch=epoch).stop:
                     expected = str(epoch + 1)
                     break
-            (row,) = [s for s in stops if (float(s["lr"]), int(s["batch_size"]), s["rule"]) == (lr, bs, name)]
-            assert row["stop_epoch"] == expected, (lr, bs, name)
+            (row,) = [
+                s
+                for s in stops
+                if (float(s["lr"]), int(s["batch_size"]), int(s["seed"]), s["rule"]) == (*key, name)
+            ]
+            assert row["stop_epoch"] == expected, (key, name)
             if expected:
                 assert float(row["val_acc_at_stop"]) == float(mine[int(expected) - 1]["val_acc"])
 
     assert "Data-free early stopping" in out and f"Written to {directory}" in out
-    if len(runs) < 3:
-        return  # too few runs for a correlation: printed as "-"
-    # The printed correlations are those of the CSV numbers.
-    rd = [float(r["rand_distance"]) for r in runs]
-    loss = [float(r["val_loss"]) for r in runs]
-    pearson = stats.pearsonr(rd, loss)[0]
-    spearman = stats.spearmanr(rd, loss)[0]
+    seeds = sorted({c[2] for c in configs})
+    if len(configs) // len(seeds) < 3:
+        return  # too few settings for a correlation: printed as "-"
+    # The printed correlations are those of the CSV numbers: one per seed, then their mean and spread.
+    pearson, spearman = [], []
+    for seed in seeds:
+        rd = [float(r["rand_distance"]) for r in runs if int(r["seed"]) == seed]
+        loss = [float(r["val_loss"]) for r in runs if int(r["seed"]) == seed]
+        pearson.append(stats.pearsonr(rd, loss)[0])
+        spearman.append(stats.spearmanr(rd, loss)[0])
     line = next(ln for ln in out.splitlines() if "rand_distance vs val_loss" in ln and "last epoch" in ln)
-    assert f"Pearson r = {pearson:.3f}" in line and f"Spearman rho = {spearman:.3f}" in line
+    for name, values in (("Pearson r", pearson), ("Spearman rho", spearman)):
+        text = f"{name} = {np.mean(values):.3f}"
+        if len(seeds) > 1:
+            text += f" ± {np.std(values, ddof=1):.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+        assert text in line, (text, line)
+    written = _csv_rows(directory / "correlations.csv")
+    mine = [r for r in written if (r["target"], r["view"]) == ("val_loss", "last")]
+    assert [float(r["pearson"]) for r in mine] == pytest.approx(pearson, rel=1e-12)
 
 
 @pytest.mark.slow
 def test_seed_experiment_lightning(tmp_path: Path) -> None:
     se = _load_example_module("seed_experiment.py")
     out = _run_example("seed_experiment.py", "--epochs", 2, "--out", tmp_path)
-    # The default grid: the six runs of the original experiment.
-    configs = [(lr, bs) for lr in se.LEARNING_RATES for bs in se.BATCH_SIZES]
-    assert len(configs) == 6
+    # The default grid: the six settings of the original experiment, three training seeds each.
+    configs = [(lr, bs, seed) for lr in se.LEARNING_RATES for bs in se.BATCH_SIZES for seed in se.SEEDS]
+    assert len(configs) == 18 and len(se.SEEDS) == 3
     _check_seed_experiment(out, tmp_path, epochs=2, configs=configs)
-    assert "lightning" in out
+    assert "lightning, 3 training seeds per setting (0, 1, 2): 18 runs" in out
+    # Different seeds train different networks (initial weights and batch order).
+    finals = {
+        r["seed"]: r["val_loss"]
+        for r in _csv_rows(tmp_path / "runs.csv")
+        if (r["lr"], r["batch_size"]) == ("0.01", "32")
+    }
+    assert len(set(finals.values())) == len(finals)
 
 
 @pytest.mark.slow
@@ -227,11 +251,23 @@ def test_seed_experiment_lightning(tmp_path: Path) -> None:
 def test_seed_experiment_keras(tmp_path: Path) -> None:
     import keras
 
-    # Two runs keep it short on every Keras backend; the Lightning test covers the whole grid.
-    args = ["--framework", "keras", "--epochs", 2, "--learning-rates", 0.01, 0.1, "--batch-sizes", 64]
+    # Two runs (one setting, two seeds) keep it short on every Keras backend; the Lightning test covers the grid.
+    args = [
+        "--framework",
+        "keras",
+        "--epochs",
+        2,
+        "--learning-rates",
+        0.01,
+        "--batch-sizes",
+        64,
+        "--seeds",
+        0,
+        1,
+    ]
     out = _run_example("seed_experiment.py", *args, "--out", tmp_path)
-    _check_seed_experiment(out, tmp_path, epochs=2, configs=[(0.01, 64), (0.1, 64)])
-    assert f"keras (backend {keras.backend.backend()})" in out
+    _check_seed_experiment(out, tmp_path, epochs=2, configs=[(0.01, 64, 0), (0.01, 64, 1)])
+    assert f"keras (backend {keras.backend.backend()}), 2 training seeds" in out
 
 
 def test_examples_do_not_touch_global_numpy_state() -> None:
