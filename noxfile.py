@@ -69,6 +69,7 @@ def core(session: nox.Session) -> None:
         "tests/test_powerlaw.py",
         "tests/test_analyze.py",
         "tests/test_stopping.py",
+        "tests/test_zeros.py",
         "-k",
         "not weightwatcher",
         *session.posargs,
