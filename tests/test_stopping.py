@@ -81,6 +81,13 @@ def test_alpha_below_validates_arguments():
         AlphaBelow(consecutive=0)
 
 
+def test_alpha_below_repr_shows_every_argument():
+    rule = AlphaBelow(1.8, reduce="fraction", fraction=0.25, consecutive=3, start_from_epoch=5)
+    assert repr(rule) == (
+        "AlphaBelow(threshold=1.8, reduce='fraction', fraction=0.25, consecutive=3, start_from_epoch=5)"
+    )
+
+
 def test_alpha_below_best_epoch_is_last_before_over_training():
     history = [{"epoch": e, "alpha": a} for e, a in enumerate([4.0, 3.0, 2.2, 1.9, 1.5])]
     assert AlphaBelow(2.0).best_epoch(history) == 2

@@ -271,7 +271,10 @@ class AlphaBelow(StoppingRule):
         self.count = 0
 
     def __repr__(self) -> str:
-        return f"AlphaBelow(threshold={self.threshold:g}, reduce={self.reduce!r}, fraction={self.fraction:g})"
+        return (
+            f"AlphaBelow(threshold={self.threshold:g}, reduce={self.reduce!r}, fraction={self.fraction:g}, "
+            f"consecutive={self.consecutive}, start_from_epoch={self.start_from_epoch})"
+        )
 
 
 class Plateau(StoppingRule):
