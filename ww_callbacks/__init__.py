@@ -16,7 +16,7 @@ from typing import Any
 from .analysis import analyze
 from .layers import LayerWeights, snapshot
 from .spectral.report import SUMMARY_METRICS, LayerResult, SpectralReport
-from .stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule
+from .stopping import AllOf, AlphaBelow, AnyOf, NonFinite, Plateau, StopDecision, StoppingRule
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "AllOf",
     "AlphaBelow",
     "AnyOf",
+    "NonFinite",
     "Plateau",
     "StopDecision",
     "StoppingRule",

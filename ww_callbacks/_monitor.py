@@ -30,7 +30,7 @@ import numpy as np
 
 from .analysis import analyze as _analyze
 from .layers import LayerWeights, snapshot
-from .spectral.report import SUMMARY_METRICS, SpectralReport
+from .spectral.report import SUMMARY_COUNTS, SUMMARY_METRICS, SpectralReport
 from .stopping import StopDecision, StoppingRule
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_METRICS", "MonitorResult", "MonitorViews", "SpectralMonitor"]
 
 #: Summary metrics logged by default (``rand_distance`` only when ``randomize=True``).
-DEFAULT_METRICS = ("alpha", "alpha_weighted", "log_spectral_norm", "rand_distance")
+DEFAULT_METRICS = ("alpha", "alpha_weighted", "log_spectral_norm", "rand_distance", "num_nonfinite_layers")
 
 #: Metrics that only exist with an analysis option turned on.
 _NEEDS_OPTION = {"rand_distance": "randomize", "mp_softrank": "mp_fit"}
@@ -91,8 +91,8 @@ class SpectralMonitor:
     Args:
         every_n_epochs: analyze at the end of every n-th epoch (epochs 0-based: n-1, 2n-1, ...).
         metrics: summary metrics to log as ``{prefix}{metric}`` (weightwatcher column names, see
-            `ww_callbacks.SUMMARY_METRICS`); default `DEFAULT_METRICS` (without ``rand_distance`` when
-            ``randomize=False``).
+            `ww_callbacks.SUMMARY_METRICS`, or ``num_nonfinite_layers``: the count of layers whose weights hold
+            NaN/Inf); default `DEFAULT_METRICS` (without ``rand_distance`` when ``randomize=False``).
         per_layer: also log ``{prefix}{layer longname}/{metric}``.
         prefix: prefix of every logged name.
         layers: layer filter passed to `ww_callbacks.snapshot` (names, globs, kinds, ids; ``-`` excludes).
@@ -196,8 +196,9 @@ class SpectralMonitor:
             metrics = (metrics,)
         out = tuple(metrics)
         for metric in out:
-            if metric not in SUMMARY_METRICS:
-                raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(SUMMARY_METRICS)}")
+            if metric not in SUMMARY_METRICS + SUMMARY_COUNTS:
+                known = ", ".join(SUMMARY_METRICS + SUMMARY_COUNTS)
+                raise ValueError(f"unknown metric {metric!r}: choose from {known}")
             if not self._option_on(metric):
                 raise ValueError(f"metric {metric!r} needs {_NEEDS_OPTION[metric]}=True")
         return out
@@ -296,6 +297,14 @@ class SpectralMonitor:
             self.analysis_time += time.perf_counter() - start
         if not report.layers:
             self._warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
+        bad = [lr.longname for lr in report.nonfinite_layers]
+        if bad:  # diverged weights: say which layers, once per set of layers
+            self._warn_once(
+                "non-finite:" + "\0".join(bad),
+                f"epoch {epoch}: the weights of {len(bad)} of {len(report.layers)} layers hold NaN or Inf "
+                f"({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}): training diverged; they are not "
+                f"analyzed and are counted in {self.prefix}num_nonfinite_layers",
+            )
         return report
 
     # ------------------------------------------------------------------ results

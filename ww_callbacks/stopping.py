@@ -23,7 +23,7 @@ from typing import Any
 
 from .spectral.report import SUMMARY_METRICS, SpectralReport
 
-__all__ = ["AllOf", "AlphaBelow", "AnyOf", "Plateau", "StopDecision", "StoppingRule"]
+__all__ = ["AllOf", "AlphaBelow", "AnyOf", "NonFinite", "Plateau", "StopDecision", "StoppingRule"]
 
 _MODES = ("min", "max")
 
@@ -375,6 +375,45 @@ class Plateau(StoppingRule):
             f"Plateau({self.metric!r}, mode={self.mode!r}, patience={self.patience}, "
             f"min_delta={self.min_delta:g}, start_from_epoch={self.start_from_epoch})"
         )
+
+
+class NonFinite(StoppingRule):
+    """Stop as soon as the weights of at least ``min_layers`` layers hold NaN or Inf: training diverged.
+
+    Diverged weights are the clearest data-free alarm there is: once a weight is NaN or Inf, the following
+    epochs only waste compute. The decision's reason names the layers. Use it alone or next to other rules, e.g.
+    ``AnyOf(NonFinite(), AlphaBelow(2.0))``. It watches no summary metric (``monitor`` is None).
+
+    Example:
+        >>> import numpy as np, ww_callbacks
+        >>> w = np.random.default_rng(0).standard_normal((60, 30))
+        >>> rule = NonFinite()
+        >>> rule.update(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=0).stop
+        False
+        >>> w[2, 3] = np.nan
+        >>> rule.update(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=1).reason
+        '1 of 1 layers hold NaN or Inf weights at epoch 1 (fc): training diverged'
+    """
+
+    def __init__(self, min_layers: int = 1) -> None:
+        super().__init__()
+        if min_layers < 1:
+            raise ValueError(f"min_layers must be >= 1, got {min_layers}")
+        self.min_layers = int(min_layers)
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
+        bad = [lr.longname for lr in report.nonfinite_layers]
+        if len(bad) < self.min_layers:
+            return StopDecision(False, "")
+        listed = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        return StopDecision(
+            True,
+            f"{len(bad)} of {len(report.layers)} layers hold NaN or Inf weights at epoch {epoch} ({listed}): "
+            "training diverged",
+        )
+
+    def __repr__(self) -> str:
+        return f"NonFinite(min_layers={self.min_layers})"
 
 
 class _Combined(StoppingRule):
