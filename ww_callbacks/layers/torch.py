@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import LayerWeights
@@ -100,7 +100,7 @@ def _unwrapped(module: Any, torch: Any) -> Any:
             return module
 
 
-def _named_modules(module: Any, torch: Any) -> Any:
+def _named_modules(module: Any, torch: Any) -> Iterator[tuple[str, Any]]:
     """``named_modules()`` (same order, shared modules once) of the module with its wrappers left out."""
     seen: set[int] = set()
     stack = [("", module)]
