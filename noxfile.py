@@ -70,6 +70,7 @@ def core(session: nox.Session) -> None:
         "tests/test_analyze.py",
         "tests/test_stopping.py",
         "tests/test_stopping_replay.py",
+        "tests/test_zeros.py",
         "-k",
         "not weightwatcher",
         *session.posargs,

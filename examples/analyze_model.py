@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\nsummary (mean over layers whose fit succeeded), before -> after training:")
     for metric, value in report.summary.items():
+        if metric not in ww_callbacks.SUMMARY_METRICS:  # num_nonfinite_layers is a count, not a mean
+            continue
         print(f"  {metric:<18} {before.summary[metric]:8.4f} -> {value:8.4f}")
 
     weights_path = args.out / "cnn.pt"

@@ -37,7 +37,9 @@ def test_report_api():
         "log_alpha_norm",
         "stable_rank",
         "rand_distance",
+        "num_nonfinite_layers",
     }
+    assert report.summary["num_nonfinite_layers"] == 0
     assert report.num_summarized == 3
     assert report.summary["alpha"] == pytest.approx(np.mean([lr.alpha for lr in report.layers]))
     df = report.to_pandas()
@@ -180,7 +182,9 @@ def test_model_without_layers_warns_and_returns_empty_report():
     with pytest.warns(RuntimeWarning, match="no analyzable layer"):
         report = ww_callbacks.analyze({"bias": np.ones(10)})
     assert len(report) == 0 and report.num_summarized == 0
-    assert all(math.isnan(v) for v in report.summary.values())
+    counts = {"num_nonfinite_layers": 0}
+    assert all(math.isnan(v) for k, v in report.summary.items() if k not in counts)
+    assert {k: report.summary[k] for k in counts} == counts
 
 
 def test_checkpoint_dicts_are_unwrapped_like_the_cli_does():

@@ -87,6 +87,9 @@ def test_resume_from_older_checkpoint_keeps_newest_lines(tmp_path, reports):
     assert [r["layer"] for r in epoch1] == list(LAYERS)
     assert same(epoch1[0]["alpha"], reports[3]["encoder.fc1"].alpha)
     assert len(load_history(path, as_pandas=False, dedupe=False)) == 12
+    # the top-level function is the same function, dedupe included
+    assert len(ww_callbacks.load_history(path, as_pandas=False, dedupe=False)) == 12
+    assert ww_callbacks.load_history(path, as_pandas=False) == rows
 
 
 def test_truncated_last_line_is_skipped_and_cut_before_appending(tmp_path, reports, caplog):

@@ -44,7 +44,15 @@ from _keras_utils import (  # noqa: E402
 import ww_callbacks  # noqa: E402
 from ww_callbacks.keras import WeightWatcherCallback  # noqa: E402
 from ww_callbacks.layers.keras import snapshot_keras  # noqa: E402
-from ww_callbacks.stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule  # noqa: E402
+from ww_callbacks.stopping import (  # noqa: E402
+    AllOf,
+    AlphaBelow,
+    AnyOf,
+    NonFinite,
+    Plateau,
+    StopDecision,
+    StoppingRule,
+)
 
 pytestmark = pytest.mark.keras
 
@@ -361,6 +369,29 @@ def test_nan_weights_mid_training_do_not_crash_fit():
     # An epoch with a non-finite layer is never "best": the restored weights are epoch 0's, all finite.
     assert ww.best_epoch == 0
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_non_finite_rule_stops_a_diverging_fit_at_its_first_nan_epoch():
+    """A real divergence: SGD whose learning rate grows 100x per epoch until the weights overflow."""
+    finite: list[bool] = []  # per epoch end, before our callback: every weight finite?
+    model = compile_model(tiny_mlp(seed=1), lr=0.01)
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 100.0**epoch)
+    record = OnEpochEnd(
+        lambda m, epoch, logs: finite.append(all(np.isfinite(w).all() for w in m.get_weights()))
+    )
+    ww = WeightWatcherCallback(early_stopping=NonFinite(), seed=0)
+    x, y = make_data(n=64, d_in=16, d_out=4)
+    with pytest.warns(RuntimeWarning, match=r"layers hold NaN or Inf \(hidden0"):
+        history = _fit(model, [schedule, record, ww], epochs=12, x=x, y=y)
+
+    assert False in finite, "the fit was expected to diverge"
+    first_bad = finite.index(False)
+    assert first_bad >= 1  # lr 0.01 in epoch 0 cannot blow up: the rule really waited for the divergence
+    assert ww.stopped_epoch == first_bad and len(history.history["loss"]) == first_bad + 1
+    assert "training diverged" in ww.stop_reason
+    logged = history.history["ww/num_nonfinite_layers"]
+    assert logged[:first_bad] == [0.0] * first_bad and logged[first_bad] >= 1
+    assert [h["num_nonfinite_layers"] for h in ww.history] == logged
 
 
 def test_multi_head_attention_and_einsum_dense_layers():

@@ -291,3 +291,62 @@ def test_trained_model_snapshot_matches_parameters():
 def test_rejects_non_modules():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         snapshot_torch({"a": 1})
+
+
+def _described(layers) -> list[tuple]:
+    return [(lw.layer_id, lw.name, lw.longname, lw.kind, lw.rf, lw.extra.get("tied")) for lw in layers]
+
+
+@pytest.mark.parametrize("model_name", ["cnn", "gpt2", "attention"])
+def test_walk_without_wrappers_is_named_modules(model_name):
+    from ww_callbacks.layers.torch import _named_modules
+
+    model = TORCH_MODELS[model_name]()
+    assert list(_named_modules(model, torch)) == list(model.named_modules())
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A real one-process gloo group, so that DistributedDataParallel can wrap a CPU module."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_compiled_and_ddp_wrapped_modules_keep_the_users_names(process_group):
+    """torch.compile adds `_orig_mod.` and DDP/DataParallel `module.` to every path: none of it is reported."""
+    import ww_callbacks
+
+    model = tiny_gpt2()  # tied lm_head: the wrappers must not change which occurrence is kept
+    expected = _described(snapshot(model))
+    state_dict_names = [lw.longname for lw in snapshot(model.state_dict())]
+    ddp = nn.parallel.DistributedDataParallel(model)
+    wrapped = {
+        "compile": torch.compile(model),
+        "ddp": ddp,
+        "data_parallel": nn.DataParallel(model),
+        "compile(ddp)": torch.compile(ddp),
+        "ddp inside a module": nn.ModuleDict({"net": torch.compile(ddp)}),
+    }
+    for how, module in wrapped.items():
+        got = _described(snapshot(module))
+        if how == "ddp inside a module":  # the container's own path stays, its id shifts the others by one
+            inside = [
+                (i + 1, n, f"net.{ln}", k, rf, tied and [f"net.{t}" for t in tied])
+                for i, n, ln, k, rf, tied in expected
+            ]
+            assert got == inside, how
+            continue
+        assert got == expected, how
+        # the state dict of a wrapped model names its layers the same way
+        assert [lw.longname for lw in snapshot(module.state_dict())] == state_dict_names, how
+    # and what reaches the per-layer keys (ww/<longname>/alpha) is the user's names
+    report = ww_callbacks.analyze(torch.compile(model), randomize=False)
+    assert [lr.longname for lr in report] == [
+        lr.longname for lr in ww_callbacks.analyze(model, randomize=False)
+    ]
+    assert not [
+        lr.longname for lr in report if "_orig_mod" in lr.longname or lr.longname.startswith("module.")
+    ]

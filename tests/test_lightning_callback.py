@@ -233,6 +233,62 @@ def test_layer_turning_nan_mid_training_does_not_crash(tmp_path):
     assert all(math.isfinite(float(r["ww/alpha"])) for r in rows)
 
 
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_non_finite_rule_stops_a_diverging_fit_at_its_first_nan_epoch(namespace, tmp_path):
+    """A real divergence: SGD whose learning rate grows 100x per epoch until the weights overflow."""
+    import torch
+    from torch import nn
+
+    pl, mod = namespace_modules(namespace)
+
+    class Diverging(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8)
+            )
+            g = torch.Generator().manual_seed(0)
+            self.x, self.y = torch.randn(128, 32, generator=g), torch.randn(128, 8, generator=g)
+            self.finite: list[bool] = []  # per epoch end: every weight finite? (what the callback analyzed)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.01)
+            return [opt], [torch.optim.lr_scheduler.ExponentialLR(opt, gamma=100.0)]
+
+        def on_train_epoch_end(self) -> None:
+            self.finite.append(all(bool(torch.isfinite(p).all()) for p in self.parameters()))
+
+        def train_dataloader(self):
+            from torch.utils.data import DataLoader, TensorDataset
+
+            return DataLoader(TensorDataset(self.x, self.y), batch_size=32)
+
+    torch.manual_seed(0)
+    model = Diverging()
+    ww = mod.WeightWatcherCallback(early_stopping=ww_callbacks.NonFinite(), seed=0)
+    csv_logger = pl.loggers.CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(namespace, tmp_path, max_epochs=12, callbacks=[ww], logger=csv_logger)
+    with pytest.warns(RuntimeWarning, match=r"layers hold NaN or Inf \(net\.") as caught:
+        trainer.fit(model)
+
+    assert False in model.finite, "the fit was expected to diverge"
+    first_bad = model.finite.index(False)
+    assert first_bad >= 1  # lr 0.01 in epoch 0 cannot blow up: the rule really waited for the divergence
+    assert ww.stopped_epoch == first_bad and trainer.current_epoch == first_bad + 1
+    assert "hold NaN or Inf weights at epoch" in ww.stop_reason and "training diverged" in ww.stop_reason
+    counts = [h["num_nonfinite_layers"] for h in ww.history]
+    assert counts[:first_bad] == [0] * first_bad and counts[first_bad] >= 1 and len(counts) == first_bad + 1
+    assert len([w for w in caught if "hold NaN or Inf" in str(w.message)]) == 1
+    with open(f"{csv_logger.log_dir}/metrics.csv", newline="") as f:
+        logged = [
+            float(r["ww/num_nonfinite_layers"]) for r in csv.DictReader(f) if r.get("ww/num_nonfinite_layers")
+        ]
+    assert logged == counts
+
+
 def test_callback_options_are_validated():
     _, mod = namespace_modules("lightning.pytorch")
     with pytest.raises(ValueError, match="run_on"):

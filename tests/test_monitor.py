@@ -56,7 +56,12 @@ def test_run_logs_summary_and_per_layer_metrics():
     for metric in DEFAULT_METRICS:
         assert result.metrics[f"spec/{metric}"] == pytest.approx(report.summary[metric])
         for layer in ("fc1", "fc2", "fc3"):
-            assert result.metrics[f"spec/{layer}/{metric}"] == pytest.approx(getattr(report[layer], metric))
+            key = f"spec/{layer}/{metric}"
+            if metric == "num_nonfinite_layers":  # a count over layers: no per-layer value
+                assert key not in result.metrics
+            else:
+                assert result.metrics[key] == pytest.approx(getattr(report[layer], metric))
+    assert result.metrics["spec/num_nonfinite_layers"] == 0
     assert all(math.isfinite(v) for v in result.metrics.values())
     entry = monitor.history[-1]
     assert (entry["epoch"], entry["step"], entry["num_summarized"], entry["num_layers"]) == (4, 50, 3, 3)
@@ -91,10 +96,28 @@ def test_per_epoch_rng_is_deterministic_and_global_rng_untouched():
 
 def test_nan_layer_is_reported_not_fatal():
     monitor = SpectralMonitor(seed=0, per_layer=True)
-    result = monitor.run(weights(nan_layer=True), epoch=0)
+    with pytest.warns(RuntimeWarning, match=r"epoch 0: the weights of 1 of 3 layers hold NaN or Inf \(fc2\)"):
+        result = monitor.run(weights(nan_layer=True), epoch=0)
     assert result.report["fc2"].status == "non-finite"
     assert result.report.num_summarized == 2
     assert "ww/alpha" in result.metrics and not any(k.startswith("ww/fc2/") for k in result.metrics)
+    assert result.metrics["ww/num_nonfinite_layers"] == 1 == monitor.history[-1]["num_nonfinite_layers"]
+
+
+def test_non_finite_layers_are_named_once_per_new_set():
+    monitor = SpectralMonitor(seed=0)
+    both = weights(nan_layer=True)
+    both["fc3.weight"][0, 0] = np.inf
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch, w in enumerate([weights(), weights(nan_layer=True), weights(nan_layer=True), both, both]):
+            monitor.run(w, epoch=epoch)
+    named = [str(w.message) for w in caught if "hold NaN or Inf" in str(w.message)]
+    assert len(named) == 2
+    assert "epoch 1" in named[0] and "(fc2)" in named[0]
+    assert "epoch 3" in named[1] and "2 of 3 layers" in named[1] and "(fc2, fc3)" in named[1]
+    assert "ww/num_nonfinite_layers" in named[0]
+    assert [h["num_nonfinite_layers"] for h in monitor.history] == [0, 1, 1, 2, 2]
 
 
 def test_analysis_errors_become_warnings():
@@ -104,7 +127,9 @@ def test_analysis_errors_become_warnings():
     assert result.metrics == {} and result.report is None and monitor.history == []
     with pytest.warns(RuntimeWarning, match="no analyzable layer"):
         empty = monitor.run({"bias": np.ones(3)}, epoch=1)
-    assert empty.metrics == {} and empty.report is not None and empty.report.num_summarized == 0
+    # nothing to average; the count of diverged layers is still a (zero) count
+    assert empty.metrics == {"ww/num_nonfinite_layers": 0.0}
+    assert empty.report is not None and empty.report.num_summarized == 0
 
 
 def test_non_finite_summary_is_not_logged():

@@ -86,16 +86,33 @@ def test_plot_esd_into_given_axes_and_degenerate_layers(tmp_path, reports):
     fig = Figure(figsize=(10, 4))
     left, right = fig.subplots(1, 2)
     assert plot_esd(reports[0]["encoder.fc2"], ax=left) is fig
-    # The rank-1 "head" layer: its ~0 eigenvalues are left out, the failed fit draws no power law.
+    # The exactly rank-1 "head" layer (ones): its 19 zero eigenvalues, whatever rounding made of them on this
+    # BLAS kernel (tiny positive or clipped to 0), are left out; the failed fit draws no power law.
     assert plot_esd(reports[0]["head"], ax=right) is fig
     assert not [line for line in right.get_lines() if str(line.get_label()).startswith("power law")]
-    assert "19 ≈ 0 left out" in " ".join(t.get_text() for t in right.get_legend().get_texts())
+    assert "ESD (1 eigenvalue, 19 ≈ 0 left out)" in [t.get_text() for t in right.get_legend().get_texts()]
     assert "[failed]" in right.get_title()
     _save_png(fig, tmp_path / "two.png")
     empty = LayerResult(layer_id=0, name="skipped", longname="skipped", layer_type="dense", N=5, M=2)
     empty.status = "too-small"
     fig = plot_esd(empty)
     assert "no eigenvalues (too-small)" in fig.axes[0].texts[0].get_text()
+
+
+def test_plot_esd_counts_exact_zeros_and_rounding_noise_alike():
+    """What one BLAS kernel rounds to tiny positive eigenvalues another clips to 0: the plot is the same."""
+    layer = LayerResult(layer_id=0, name="low", longname="low", layer_type="dense", N=30, M=20)
+    layer.status = "failed"
+    signal = np.array([2.0, 50.0, 600.0])
+    noise = np.array([1e-30, 3e-17, 2e-14, 0.0, 0.0, 5e-15])  # all below 30·ε·600 ≈ 4e-12
+    labels = []
+    for zeros in (np.zeros(noise.size), noise, np.sort(noise)[::-1] * 1.5):
+        layer.evals = np.sort(np.concatenate([zeros, signal]))
+        fig = plot_esd(layer)
+        labels.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        (stairs,) = [p for p in fig.axes[0].patches if p.get_label().startswith("ESD")]
+        assert stairs.get_data().edges[0] >= signal.min() / 2  # the axis starts near the signal, not at 1e-30
+    assert labels[0] == labels[1] == labels[2] == ["ESD (3 eigenvalues, 6 ≈ 0 left out)"]
 
 
 def _alpha_band(ax):

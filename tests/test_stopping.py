@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ww_callbacks.spectral.report import LayerResult, SpectralReport
-from ww_callbacks.stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule
+from ww_callbacks.stopping import AllOf, AlphaBelow, AnyOf, NonFinite, Plateau, StopDecision, StoppingRule
 
 
 def make_report(alphas, *, statuses=None, randomize=True, **summary_metrics) -> SpectralReport:
@@ -81,6 +81,13 @@ def test_alpha_below_validates_arguments():
         AlphaBelow(consecutive=0)
 
 
+def test_alpha_below_repr_shows_every_argument():
+    rule = AlphaBelow(1.8, reduce="fraction", fraction=0.25, consecutive=3, start_from_epoch=5)
+    assert repr(rule) == (
+        "AlphaBelow(threshold=1.8, reduce='fraction', fraction=0.25, consecutive=3, start_from_epoch=5)"
+    )
+
+
 def test_alpha_below_best_epoch_is_last_before_over_training():
     history = [{"epoch": e, "alpha": a} for e, a in enumerate([4.0, 3.0, 2.2, 1.9, 1.5])]
     assert AlphaBelow(2.0).best_epoch(history) == 2
@@ -144,6 +151,42 @@ def test_plateau_unknown_or_missing_metric():
     rule = Plateau("rand_distance")
     with pytest.raises(ValueError, match="randomize=True"):
         rule.update(make_report([3.0], randomize=False))
+
+
+# --------------------------------------------------------------------------- NonFinite
+def test_non_finite_stops_at_the_first_report_with_nan_or_inf_weights():
+    fine = make_report([3.0, 2.5])
+    one_bad = make_report([3.0, math.nan], statuses=["success", "non-finite"])
+    all_bad = make_report([math.nan, math.nan], statuses=["non-finite", "non-finite"])
+    failed_fit = make_report(
+        [math.nan, 3.0], statuses=["failed", "success"]
+    )  # a failed fit is not divergence
+    decisions = feed(NonFinite(), [fine, failed_fit, one_bad, all_bad])
+    assert first_stop(decisions) == 2
+    assert (
+        decisions[2].reason == "1 of 2 layers hold NaN or Inf weights at epoch 2 (net.fc1): training diverged"
+    )
+    assert decisions[2].rule == "NonFinite"
+    assert one_bad.summary["num_nonfinite_layers"] == 1 and fine.summary["num_nonfinite_layers"] == 0
+    assert first_stop(feed(NonFinite(min_layers=2), [fine, one_bad, all_bad])) == 2
+    with pytest.raises(ValueError, match="min_layers"):
+        NonFinite(min_layers=0)
+    assert repr(NonFinite()) == "NonFinite(min_layers=1)"
+    assert NonFinite().monitor is None
+
+
+def test_non_finite_inside_any_of_and_exported():
+    import ww_callbacks
+
+    assert ww_callbacks.NonFinite is NonFinite and "NonFinite" in ww_callbacks.__all__
+    rule = AnyOf(AlphaBelow(2.0), NonFinite())
+    bad = make_report([3.0, math.nan], statuses=["success", "non-finite"])
+    decisions = feed(rule, [make_report([3.0, 3.0]), bad])
+    assert first_stop(decisions) == 1 and decisions[1].reason.startswith("NonFinite: 1 of 2 layers")
+    assert rule.monitor == "alpha"  # AlphaBelow still speaks for restore_best_weights
+    resumed = AnyOf(AlphaBelow(2.0), NonFinite())
+    resumed.load_state_dict(json.loads(json.dumps(rule.state_dict())))
+    assert resumed.state_dict() == rule.state_dict()
 
 
 # --------------------------------------------------------------------------- combinations

@@ -16,7 +16,7 @@ import pytest
 import ww_callbacks
 from ww_callbacks.engine import DEFAULT_METRICS, WatchOptions
 from ww_callbacks.engine.options import POSITIONAL_OPTIONS
-from ww_callbacks.spectral.catalog import METRICS, SUMMARY_METRICS
+from ww_callbacks.spectral.catalog import METRICS, SUMMARY_COUNTS, SUMMARY_METRICS
 
 PACKAGE = Path(ww_callbacks.__file__).parent
 
@@ -89,10 +89,12 @@ def test_metric_facts_come_from_the_one_table():
     from ww_callbacks.sinks import wandb as wandb_sink
     from ww_callbacks.spectral import layer
 
-    assert SUMMARY_METRICS == tuple(METRICS) == ww_callbacks.SUMMARY_METRICS
-    assert (
-        DEFAULT_METRICS == plots.DEFAULT_HISTORY_METRICS == tuple(n for n, i in METRICS.items() if i.default)
-    )
+    assert SUMMARY_METRICS + SUMMARY_COUNTS == tuple(METRICS)
+    assert SUMMARY_METRICS == ww_callbacks.SUMMARY_METRICS
+    assert SUMMARY_COUNTS == tuple(n for n, i in METRICS.items() if i.count) == ("num_nonfinite_layers",)
+    assert DEFAULT_METRICS == tuple(n for n, i in METRICS.items() if i.default)
+    # plots draw means over layers; counts (diverged layers) are logged but not plotted by default
+    assert plots.DEFAULT_HISTORY_METRICS == tuple(n for n, i in METRICS.items() if i.default and not i.count)
     assert HISTORY_METRICS == tuple(n for n, i in METRICS.items() if i.history_table)
     assert wandb_sink._SUMMARY_GOALS == {n: i.better for n, i in METRICS.items() if i.better}
     assert plots.ALPHA_BAND == METRICS["alpha"].healthy == (layer.OVER_TRAINED, layer.UNDER_TRAINED)

@@ -16,7 +16,7 @@ from typing import Any
 from .analysis import analyze
 from .layers import LayerWeights, snapshot
 from .spectral.report import SUMMARY_METRICS, LayerResult, SpectralReport
-from .stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule
+from .stopping import AllOf, AlphaBelow, AnyOf, NonFinite, Plateau, StopDecision, StoppingRule
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "AllOf",
     "AlphaBelow",
     "AnyOf",
+    "NonFinite",
     "Plateau",
     "StopDecision",
     "StoppingRule",
@@ -38,8 +39,20 @@ __all__ = [
 ]
 
 
-def load_history(path: Any, *, as_pandas: bool | None = None) -> Any:
-    """Read a ``ww_history.jsonl`` file written by the callbacks (see `ww_callbacks.sinks.history`)."""
+def load_history(path: Any, *, as_pandas: bool | None = None, dedupe: bool = True) -> Any:
+    """Read a ``ww_history.jsonl`` file written by the callbacks: `ww_callbacks.sinks.history.load_history`.
+
+    ``as_pandas``: a DataFrame (True), a list of dicts (False), or a DataFrame when pandas is installed (None).
+    ``dedupe``: keep only the last line written for each (epoch, layer), as a resumed run re-analyzes epochs.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "h.jsonl")
+        >>> line = '{"epoch": 0, "step": %d, "layer": "fc"}\\n'
+        >>> _ = open(path, "w").write(line % 1 + line % 2)  # epoch 0 analyzed twice (a resumed run)
+        >>> len(load_history(path, as_pandas=False)), len(load_history(path, as_pandas=False, dedupe=False))
+        (1, 2)
+    """
     from .sinks.history import load_history as _load
 
-    return _load(path, as_pandas=as_pandas)
+    return _load(path, as_pandas=as_pandas, dedupe=dedupe)

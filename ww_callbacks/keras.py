@@ -27,6 +27,7 @@ import keras
 from .engine import EngineViews, SpectralMonitor, WatchOptions
 from .engine.options import HistoryPath
 from .sinks.lifecycle import summary_line, wandb_options
+from .spectral.catalog import SUMMARY_COUNTS
 from .spectral.report import STATUS_NON_FINITE, SpectralReport
 from .stopping import StoppingRule
 
@@ -70,7 +71,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
     Args:
         every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``.
         metrics: summary metrics to write (weightwatcher column names, `ww_callbacks.SUMMARY_METRICS`);
-            default alpha, alpha_weighted, log_spectral_norm and rand_distance.
+            default alpha, alpha_weighted, log_spectral_norm, rand_distance and num_nonfinite_layers (how many
+            layers' weights hold NaN/Inf).
         per_layer: also write each layer's metrics as ``{prefix}{layer path}/{metric}``.
         prefix: prefix of the keys.
         early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
@@ -261,7 +263,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         keys = [f"{prefix}{metric}" for metric in metrics]
         if self.engine.per_layer and self.model is not None:
             layers = self.engine.snapshot(self.model) or []
-            keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in metrics]
+            per_layer = [m for m in metrics if m not in SUMMARY_COUNTS]  # counts have no per-layer value
+            keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in per_layer]
         return keys
 
     def _open_sinks(self) -> None:

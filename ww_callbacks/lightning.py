@@ -69,7 +69,7 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
     Args:
         every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``).
         metrics: summary metrics to log (weightwatcher column names); default alpha, alpha_weighted,
-            log_spectral_norm and rand_distance.
+            log_spectral_norm, rand_distance and num_nonfinite_layers (how many layers' weights hold NaN/Inf).
         per_layer: also log each layer's metrics.
         prefix: prefix of the logged names and of the ``state_key``.
         early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).

@@ -38,9 +38,10 @@ from ._util import finite_or_none
 from .sinks.history import as_records, is_per_layer, summarize_history
 from .spectral.catalog import METRICS
 from .spectral.report import LayerResult
+from .spectral.zeros import split_zeros
 
 #: Metrics `plot_history` shows by default (those with at least one finite value): the metric table's defaults.
-DEFAULT_HISTORY_METRICS = tuple(name for name, info in METRICS.items() if info.default)
+DEFAULT_HISTORY_METRICS = tuple(name for name, info in METRICS.items() if info.default and not info.count)
 
 #: weightwatcher's "well trained" alpha range (the metric table's healthy range), shaded on alpha panels.
 ALPHA_BAND: tuple[float, float] = METRICS["alpha"].healthy or (2.0, 6.0)
@@ -52,17 +53,11 @@ _ESD_COLOR = "#1f77b4"
 _RAND_COLOR = "#ff7f0e"
 _FIT_COLOR = "#d62728"
 _BULK_COLOR = "#2ca02c"
-_ZERO_EVAL_RATIO = 1e-10
 
 
 def _figure(figsize: tuple[float, float]) -> Any:
     # A bare Figure (not pyplot.figure) is never registered with pyplot: no GUI backend, no leak.
     return Figure(figsize=figsize, layout="constrained")
-
-
-def _positive(values: Any) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    return arr[np.isfinite(arr) & (arr > 0)]
 
 
 def _log_bins(*arrays: np.ndarray, max_bins: int = 100) -> np.ndarray:
@@ -99,6 +94,8 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
     Shows the density of ``layer_result.evals`` (log-spaced bins), the randomized ESD (``rand_evals``) when
     present, the fitted power law ``p(x) ~ x^-alpha`` for ``x >= xmin`` scaled to the share of eigenvalues in
     the tail, a vertical line at ``xmin`` and, when the Marchenko-Pastur fit ran, one at ``bulk_max``.
+    Numerically zero eigenvalues (``λ ≤ max(N, M)·ε·λmax``, `ww_callbacks.spectral.zeros`) are left out, and the
+    legend says how many.
 
     Args:
         layer_result: a `LayerResult` with ``evals`` (e.g. ``report["fc1"]``).
@@ -121,16 +118,10 @@ def plot_esd(layer_result: LayerResult, ax: Any = None, *, bins: int | Sequence[
     else:
         fig = ax.figure
     name = layer_result.longname or layer_result.name
-    evals = _positive(layer_result.evals) if layer_result.evals is not None else np.empty(0)
-    rand = _positive(layer_result.rand_evals) if layer_result.rand_evals is not None else np.empty(0)
-    # Eigenvalues below 1e-10 of the largest are round-off of exact zeros (rank-deficient weights); on a log
-    # axis they would stretch the plot over hundreds of decades.
-    omitted = 0
-    if evals.size:
-        floor = evals.max() * _ZERO_EVAL_RATIO
-        omitted = int(np.sum(evals <= floor))
-        evals = evals[evals > floor]
-        rand = rand[rand > rand.max() * _ZERO_EVAL_RATIO] if rand.size else rand
+    # Numerically zero eigenvalues (rank-deficient weights: exact zeros or rounding noise, spectral.zeros) have no
+    # place on a log axis; the legend says how many were left out.
+    evals, omitted = split_zeros(layer_result.evals, layer_result.N, layer_result.M)
+    rand, _ = split_zeros(layer_result.rand_evals, layer_result.N, layer_result.M)
     if evals.size == 0:
         ax.text(
             0.5,

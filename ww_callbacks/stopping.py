@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .spectral.catalog import SUMMARY_METRICS, missing_option
+from .spectral.catalog import METRICS, missing_option
 from .spectral.report import LayerResult, SpectralReport
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "AlphaBelow",
     "AnyOf",
     "LayersPlateau",
+    "NonFinite",
     "Plateau",
     "Replay",
     "Slowdown",
@@ -65,8 +66,8 @@ class StopDecision:
 
 
 def _check_metric(metric: str) -> str:
-    if metric not in SUMMARY_METRICS:
-        raise ValueError(f"unknown metric {metric!r}: rules monitor one of {', '.join(SUMMARY_METRICS)}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: rules monitor one of {', '.join(METRICS)}")
     return metric
 
 
@@ -286,7 +287,10 @@ class AlphaBelow(StoppingRule):
         self.count = 0
 
     def __repr__(self) -> str:
-        return f"AlphaBelow(threshold={self.threshold:g}, reduce={self.reduce!r}, fraction={self.fraction:g})"
+        return (
+            f"AlphaBelow(threshold={self.threshold:g}, reduce={self.reduce!r}, fraction={self.fraction:g}, "
+            f"consecutive={self.consecutive}, start_from_epoch={self.start_from_epoch})"
+        )
 
 
 class Plateau(StoppingRule):
@@ -387,6 +391,45 @@ class Plateau(StoppingRule):
             f"Plateau({self.metric!r}, mode={self.mode!r}, patience={self.patience}, "
             f"min_delta={self.min_delta:g}, start_from_epoch={self.start_from_epoch})"
         )
+
+
+class NonFinite(StoppingRule):
+    """Stop as soon as the weights of at least ``min_layers`` layers hold NaN or Inf: training diverged.
+
+    Diverged weights are the clearest data-free alarm there is: once a weight is NaN or Inf, the following
+    epochs only waste compute. The decision's reason names the layers. Use it alone or next to other rules, e.g.
+    ``AnyOf(NonFinite(), AlphaBelow(2.0))``. It watches no summary metric (``monitor`` is None).
+
+    Example:
+        >>> import numpy as np, ww_callbacks
+        >>> w = np.random.default_rng(0).standard_normal((60, 30))
+        >>> rule = NonFinite()
+        >>> rule.update(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=0).stop
+        False
+        >>> w[2, 3] = np.nan
+        >>> rule.update(ww_callbacks.analyze({"fc.weight": w}, seed=0), epoch=1).reason
+        '1 of 1 layers hold NaN or Inf weights at epoch 1 (fc): training diverged'
+    """
+
+    def __init__(self, min_layers: int = 1) -> None:
+        super().__init__()
+        if min_layers < 1:
+            raise ValueError(f"min_layers must be >= 1, got {min_layers}")
+        self.min_layers = int(min_layers)
+
+    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
+        bad = [lr.longname for lr in report.nonfinite_layers]
+        if len(bad) < self.min_layers:
+            return StopDecision(False, "")
+        listed = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        return StopDecision(
+            True,
+            f"{len(bad)} of {len(report.layers)} layers hold NaN or Inf weights at epoch {epoch} ({listed}): "
+            "training diverged",
+        )
+
+    def __repr__(self) -> str:
+        return f"NonFinite(min_layers={self.min_layers})"
 
 
 class _Combined(StoppingRule):

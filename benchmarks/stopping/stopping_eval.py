@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 from stopping_suite import Run
 
-from ww_callbacks.spectral.report import STATUS_NON_FINITE, SpectralReport
 from ww_callbacks.stopping import (
     AllOf,
     AlphaBelow,
     AnyOf,
     LayersPlateau,
+    NonFinite,
     Plateau,
     Slowdown,
-    StopDecision,
     StoppingRule,
     TrapsAppear,
     recommended,
@@ -42,18 +41,6 @@ from ww_callbacks.stopping import (
 
 #: The target of issue 14 for `ww_callbacks.stopping.recommended()` on the held-out half.
 TARGET_MEAN_GAP, TARGET_WORST_GAP, TARGET_SAVED = 0.02, 0.05, 0.25
-
-
-class NonFiniteStandIn(StoppingRule):
-    """Stand-in for the library's non-finite-weights rule (being added separately): stop as soon as any layer's
-    weights hold NaN or Inf (status "non-finite")."""
-
-    def check(self, report: SpectralReport, *, epoch: int) -> StopDecision:
-        bad = [lr.longname for lr in report.layers if lr.status == STATUS_NON_FINITE]
-        return StopDecision(bool(bad), f"non-finite weights in {', '.join(bad)}" if bad else "")
-
-    def __repr__(self) -> str:
-        return "NonFinite(stand-in)"
 
 
 # ------------------------------------------------------------------------------------------------ outcomes
@@ -152,11 +139,9 @@ class Strategy:
 
 
 def short_label(rule: StoppingRule) -> str:
-    """``repr(rule)`` without quotes and without the options left at their defaults of no effect (plus the
-    options AlphaBelow's repr does not show)."""
+    """``repr(rule)`` without quotes and without the options left at their defaults of no effect."""
     text = repr(rule)
     if isinstance(rule, AlphaBelow):
-        text = text[:-1] + f", consecutive={rule.consecutive}, start_from_epoch={rule.start_from_epoch})"
         text = text.replace(", consecutive=1", "")
     text = text.replace("'", "").replace("mode=", "")
     text = re.sub(r", (min_delta|start_from_epoch)=0(?=[,)])", "", text)
@@ -256,7 +241,7 @@ def data_free_strategies() -> list[Strategy]:
             for g in _grid(min_traps=(1, 2, 3, 5), consecutive=(1, 2, 3), start=starts)
         ],
     )
-    s += _rule_strategies("NonFinite (stand-in)", [NonFiniteStandIn])
+    s += _rule_strategies("NonFinite", [NonFinite])
     # Combinations: a trend rule on alpha with a trend rule on rand_distance (both must agree / either one),
     # and traps or non-finite weights as an emergency brake.
     s += _rule_strategies(
@@ -275,7 +260,7 @@ def data_free_strategies() -> list[Strategy]:
             lambda g=g: AnyOf(
                 Plateau("alpha", mode="min", patience=g["patience"], start_from_epoch=g["start"]),
                 TrapsAppear(g["min_traps"], consecutive=2),
-                NonFiniteStandIn(),
+                NonFinite(),
             )
             for g in _grid(patience=(2, 3, 5, 8), min_traps=(1, 3), start=starts)
         ],

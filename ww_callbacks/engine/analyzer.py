@@ -104,7 +104,18 @@ class Analyzer:
             self.analysis_time += time.perf_counter() - start
         if not report.layers:
             self.warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
+        self._warn_nonfinite(report, epoch)
         return report
+
+    def _warn_nonfinite(self, report: SpectralReport, epoch: int) -> None:
+        bad = [lr.longname for lr in report.nonfinite_layers]
+        if bad:  # diverged weights: say which layers, once per set of layers
+            self.warn_once(
+                "non-finite:" + "\0".join(bad),
+                f"epoch {epoch}: the weights of {len(bad)} of {len(report.layers)} layers hold NaN or Inf "
+                f"({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}): training diverged; they are not "
+                f"analyzed and are counted in {self.options.prefix}num_nonfinite_layers",
+            )
 
     def warn_once(self, key: str, message: str) -> None:
         """Warn about ``key`` the first time only (things that would repeat every epoch)."""

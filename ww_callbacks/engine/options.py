@@ -9,7 +9,7 @@ Example:
     >>> from ww_callbacks.stopping import AlphaBelow
     >>> opts = WatchOptions(every_n_epochs=2, early_stopping=AlphaBelow(2.0), randomize=False)
     >>> opts.metrics
-    ('alpha', 'alpha_weighted', 'log_spectral_norm')
+    ('alpha', 'alpha_weighted', 'log_spectral_norm', 'num_nonfinite_layers')
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..spectral.catalog import SUMMARY_METRICS, default_metrics, metric_available, missing_option
+from ..spectral.catalog import METRICS, default_metrics, metric_available, missing_option
 from ..stopping import StoppingRule
 
 __all__ = ["DEFAULT_METRICS", "HISTORY_FILENAME", "POSITIONAL_OPTIONS", "HistoryPath", "WatchOptions"]
@@ -149,8 +149,8 @@ class WatchOptions:
             return default_metrics(randomize=self.randomize, mp_fit=self.mp_fit)
         metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics)
         for metric in metrics:
-            if metric not in SUMMARY_METRICS:
-                raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(SUMMARY_METRICS)}")
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
             if not metric_available(metric, self):
                 raise ValueError(f"metric {metric!r} needs {missing_option(metric)}")
         return metrics

@@ -37,7 +37,9 @@ def snapshot_mapping(mapping: Mapping[Any, Any], *, copy: bool = True) -> list[L
     torch ``Conv2d``. Other values (1-D norms, scalars, non-arrays such as checkpoint metadata) are skipped.
     Values may be numpy arrays (or anything with ``__array__``) or torch tensors, which stay tensors on their
     device. A checkpoint dict is unwrapped first (`unwrap_state_dict`). Weights shared by several
-    keys (tied embeddings) appear once; the other keys are listed in ``extra["tied"]``.
+    keys (tied embeddings) appear once; the other keys are listed in ``extra["tied"]``. Names are those of the
+    user's module: the ``_orig_mod.`` of a ``torch.compile``d module is dropped, and so is the ``module.``
+    prefix of a DDP/DataParallel state dict (when every key has it).
 
     Example:
         >>> import numpy as np
@@ -48,6 +50,7 @@ def snapshot_mapping(mapping: Mapping[Any, Any], *, copy: bool = True) -> list[L
     state = unwrap_state_dict(mapping)
     keys = list(state.keys())
     by_weight = any(_is_weight_key(key) for key in keys)
+    names = _user_names(keys)
     found: list[LayerWeights] = []
     owners: dict[tuple[Any, ...], int] = {}  # storage identity -> index in found
     ties: dict[int, list[str]] = {}
@@ -59,7 +62,7 @@ def snapshot_mapping(mapping: Mapping[Any, Any], *, copy: bool = True) -> list[L
         if value is None:  # weightwatcher gives None values no id
             continue
         this_id, layer_id = layer_id, layer_id + 1
-        name = key[: -len(".weight")] if by_weight else str(key)
+        name = names[key][: -len(".weight")] if by_weight else names[key]
         array = _as_array(value)
         if array is None or array.ndim not in (2, 4):
             log.debug("state dict key %r skipped: not a 2-D or 4-D array", key)
@@ -108,6 +111,19 @@ def unwrap_state_dict(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
 
 def _is_array_like(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+#: What wrappers add to state dict keys: ``torch.compile`` (anywhere) and DDP / DataParallel (at the front).
+_COMPILE_PART = "_orig_mod"
+_DDP_PREFIX = "module."
+
+
+def _user_names(keys: list[Any]) -> dict[Any, str]:
+    """Each key as the user's module would name it (no wrapper parts); non-string keys as ``str(key)``."""
+    names = {key: ".".join(p for p in str(key).split(".") if p != _COMPILE_PART) for key in keys}
+    if names and all(isinstance(k, str) and n.startswith(_DDP_PREFIX) for k, n in names.items()):
+        names = {key: name[len(_DDP_PREFIX) :] for key, name in names.items()}
+    return names
 
 
 def _is_weight_key(key: Any) -> bool:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._util import is_keras_layer
@@ -37,6 +38,10 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
     slices like ``Conv2d``; a weight shared by several modules (tied embeddings) is kept once, at its first
     occurrence, with the other paths in ``extra["tied"]``.
 
+    Wrappers add nothing: a ``torch.compile``d module (``_orig_mod``), ``DistributedDataParallel`` and
+    ``DataParallel`` (``module``), at the root or anywhere inside, are walked as the module they wrap, so names
+    and ids are those of the user's module.
+
     Tensors stay on their device; half precision becomes float32. With ``copy=True`` the matrices own their
     memory, so training may go on while they are analyzed. The ``min_evals``/``max_evals``/``max_N`` limits are
     applied by the analysis, not here.
@@ -58,7 +63,7 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
     found: list[LayerWeights] = []
     owners: dict[tuple[Any, ...], int] = {}  # weight storage -> index in found
     ties: dict[int, list[str]] = {}
-    for layer_id, (path, mod) in enumerate(module.named_modules()):
+    for layer_id, (path, mod) in enumerate(_named_modules(module, torch)):
         # weightwatcher names a root module that is itself a layer (a bare Linear) by its class name.
         longname = path or type(mod).__name__
         for suffix, weight, build, parity in _entries(mod, longname, torch):
@@ -82,6 +87,33 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
                 owners[identity] = len(found)
             found.append(layer)
     return mark_tied(found, ties)
+
+
+def _unwrapped(module: Any, torch: Any) -> Any:
+    """The user's module inside ``torch.compile`` / DDP / DataParallel wrappers (any nesting)."""
+    while True:
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # imported once torch.compile ran
+        if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+            module = module._orig_mod
+        elif isinstance(module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+def _named_modules(module: Any, torch: Any) -> Iterator[tuple[str, Any]]:
+    """``named_modules()`` (same order, shared modules once) of the module with its wrappers left out."""
+    seen: set[int] = set()
+    stack = [("", module)]
+    while stack:
+        path, mod = stack.pop()
+        mod = _unwrapped(mod, torch)
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        yield path, mod
+        children = [(f"{path}.{name}" if path else name, child) for name, child in mod._modules.items()]
+        stack.extend(reversed([(p, c) for p, c in children if c is not None]))
 
 
 def ww_layer_kind(module: Any) -> str | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .._util import finite_or_none, jsonable
-from ..spectral.report import STATUS_SUCCESS, SUMMARY_METRICS, LayerResult, SpectralReport
+from ..spectral.report import STATUS_NON_FINITE, STATUS_SUCCESS, SUMMARY_METRICS, LayerResult, SpectralReport
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +279,8 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
         metrics: the metrics to average (default `SUMMARY_METRICS`).
 
     Returns:
-        A list sorted by epoch of dicts with ``epoch``, ``step``, ``num_layers``, ``num_summarized`` and one key
-        per metric.
+        A list sorted by epoch of dicts with ``epoch``, ``step``, ``num_layers``, ``num_summarized``,
+        ``num_nonfinite_layers`` (layers whose weights held NaN/Inf) and one key per metric.
 
     Example:
         >>> rows = [
@@ -305,6 +305,7 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
             "step": max(int(r.get("step", 0)) for r in rows),
             "num_layers": len(rows),
             "num_summarized": len(ok),
+            "num_nonfinite_layers": sum(r.get("status") == STATUS_NON_FINITE for r in rows),
         }
         for metric in metrics:
             values = [v for v in (finite_or_none(r.get(metric)) for r in ok) if v is not None]

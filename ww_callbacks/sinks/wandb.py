@@ -28,6 +28,7 @@ import numpy as np
 from .._util import finite_or_none, jsonable
 from ..spectral.catalog import METRICS
 from ..spectral.report import SpectralReport
+from ..spectral.zeros import split_zeros
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ def _histograms(wandb: Any, report: SpectralReport, prefix: str) -> dict[str, An
     for layer in report.layers:
         if layer.evals is None:
             continue
-        evals = np.asarray(layer.evals, dtype=np.float64)
-        evals = evals[np.isfinite(evals) & (evals > 0)]
+        evals, _ = split_zeros(layer.evals, layer.N, layer.M)  # log10 of a numerical zero is noise
         if evals.size == 0:
             continue
         counts, edges = _histogram(np.log10(evals))
@@ -102,8 +102,8 @@ class WandbSink:
       through the Lightning logger or the Keras ``logs``, and logging them twice would double the points;
     * ``{prefix}layers``: a ``wandb.Table`` with one row per layer (epoch, step, layer and every `LayerResult`
       column, status and warning included);
-    * ``{prefix}{layer}/esd``: a ``wandb.Histogram`` of log10 of the layer's positive eigenvalues (at most 512
-      bins);
+    * ``{prefix}{layer}/esd``: a ``wandb.Histogram`` of log10 of the layer's eigenvalues that are not numerically
+      zero (`ww_callbacks.spectral.zeros`; at most 512 bins);
     * ``{prefix}{layer}/esd_plot``: a `ww_callbacks.plots.plot_esd` image, on the first analyzed epoch, then
       whenever at least ``media_every_n_epochs`` epochs (default 5) passed since the last images, and on the
       last report (``is_last=True``); ``media_every_n_epochs=0`` turns the images off. At most

@@ -10,7 +10,7 @@ Example:
     >>> METRICS["rand_distance"].needs, METRICS["alpha"].healthy
     ('randomize', (2.0, 6.0))
     >>> default_metrics(randomize=False)
-    ('alpha', 'alpha_weighted', 'log_spectral_norm')
+    ('alpha', 'alpha_weighted', 'log_spectral_norm', 'num_nonfinite_layers')
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "METRICS",
     "OPTION_DEFAULTS",
+    "SUMMARY_COUNTS",
     "SUMMARY_METRICS",
     "MetricInfo",
     "default_metrics",
@@ -43,6 +44,8 @@ class MetricInfo:
         history_table: shown by ``ww-callbacks history`` (when the file has values for it).
         healthy: the range weightwatcher calls well trained, or None. Below/above it a layer is flagged
             over-/under-trained (its ``warning``) and plots shade it.
+        count: a count over all layers (``num_nonfinite_layers``), not a mean over the fitted ones; it has no
+            per-layer value.
 
     Example:
         >>> MetricInfo("alpha", better="min").needs is None
@@ -55,6 +58,7 @@ class MetricInfo:
     default: bool = False
     history_table: bool = False
     healthy: tuple[float, float] | None = None
+    count: bool = False
 
 
 #: The summary metrics, in the order `SpectralReport.summary` lists them.
@@ -69,11 +73,16 @@ METRICS: Mapping[str, MetricInfo] = {
         MetricInfo("stable_rank", history_table=True),
         MetricInfo("rand_distance", needs="randomize", better="max", default=True, history_table=True),
         MetricInfo("mp_softrank", needs="mp_fit", history_table=True),
+        # Diverged training: layers whose weights hold NaN/Inf (not analyzed, so never in the means).
+        MetricInfo("num_nonfinite_layers", better="min", default=True, count=True),
     )
 }
 
 #: Metrics averaged into `SpectralReport.summary` (weightwatcher's ``get_summary`` columns plus rand_distance).
-SUMMARY_METRICS: tuple[str, ...] = tuple(METRICS)
+SUMMARY_METRICS: tuple[str, ...] = tuple(name for name, info in METRICS.items() if not info.count)
+
+#: Counts over all layers that every summary holds next to the means (layers whose weights hold NaN/Inf).
+SUMMARY_COUNTS: tuple[str, ...] = tuple(name for name, info in METRICS.items() if info.count)
 
 #: Defaults of the options metrics depend on (those of `ww_callbacks.analyze`), for reports that do not say.
 OPTION_DEFAULTS: Mapping[str, bool] = {"randomize": True, "mp_fit": False}
@@ -112,6 +121,6 @@ def default_metrics(**options: Any) -> tuple[str, ...]:
 
     Example:
         >>> default_metrics()
-        ('alpha', 'alpha_weighted', 'log_spectral_norm', 'rand_distance')
+        ('alpha', 'alpha_weighted', 'log_spectral_norm', 'rand_distance', 'num_nonfinite_layers')
     """
     return tuple(name for name, info in METRICS.items() if info.default and metric_available(name, options))

@@ -144,7 +144,8 @@ class SpectralReport:
 
     ``summary[m]`` is the mean of metric ``m`` over the layers whose fit succeeded (``status == "success"``;
     weightwatcher averages failed fits as alpha = -1, we do not). ``num_summarized`` says how many layers that
-    was.
+    was. ``summary["num_nonfinite_layers"]`` counts the layers whose weights hold NaN or Inf (diverged
+    training), among all layers.
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -184,14 +185,22 @@ class SpectralReport:
         return len(self.summarized_layers)
 
     @property
+    def nonfinite_layers(self) -> list[LayerResult]:
+        """The layers whose weights hold NaN or Inf (status "non-finite")."""
+        return [lr for lr in self.layers if lr.status == STATUS_NON_FINITE]
+
+    @property
     def summary(self) -> dict[str, float]:
-        """Mean of each of `SUMMARY_METRICS` over layers whose fit succeeded (NaN where none)."""
+        """Mean of each of `SUMMARY_METRICS` over layers whose fit succeeded (NaN where none), and the
+        `SUMMARY_COUNTS` (``num_nonfinite_layers``)."""
         ok = self.summarized_layers
-        return {
+        out = {
             m: _nanmean([getattr(lr, m) for lr in ok])
             for m in SUMMARY_METRICS
             if metric_available(m, self.options)
         }
+        out["num_nonfinite_layers"] = len(self.nonfinite_layers)
+        return out
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One plain dict per layer with every scalar column."""
