@@ -49,8 +49,8 @@ import numpy as np
 from . import __version__
 from ._util import first_line, jsonable
 from .analysis import analyze
-from .io import WeightsFileError, load_weights
-from .layers import LayerWeights, snapshot
+from .io import WeightsFileError, load_weights, open_layers
+from .layers import LayerWeights
 from .spectral.catalog import METRICS
 from .spectral.options import AnalysisOptions
 from .spectral.report import LayerResult, SpectralReport
@@ -88,7 +88,7 @@ def _emit(text: str, destination: str) -> None:
 # --------------------------------------------------------------------------------------------------- analyze
 
 
-def _progress(items: Sequence[LayerWeights], mode: str) -> Iterable[LayerWeights]:
+def _progress(items: Iterable[LayerWeights], mode: str) -> Iterable[LayerWeights]:
     if mode == "never":
         return items
     try:
@@ -111,20 +111,19 @@ def _parse_layers(spec: str | None) -> list[str] | None:
 
 def _analyze_path(args: argparse.Namespace) -> SpectralReport:
     path = Path(args.path)
-    model = load_weights(path)
     try:
-        found = snapshot(model, layers=_parse_layers(args.layers))
+        source = open_layers(path, layers=_parse_layers(args.layers))
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, WeightsFileError):
+            raise
         raise CLIError(f"{path}: cannot find layers ({first_line(exc)})") from exc
-    if not found:
-        what = "matching --layers " + args.layers if args.layers else "(dense, conv1d, conv2d or embedding)"
-        raise CLIError(f"{path}: no analyzable layer {what}")
-    # One layer at a time so the bar can move; a single generator keeps the shuffles reproducible.
+    # One layer at a time so the bar can move (and a model directory is read layer by layer); a single
+    # generator keeps the shuffles reproducible.
     rng = np.random.default_rng(args.seed)
     results: list[LayerResult] = []
     options: dict[str, Any] = {}
     start = time.perf_counter()
-    for lw in _progress(found, args.progress):
+    for lw in _progress(source, args.progress):
         one = analyze(
             [lw],
             randomize=args.randomize,
@@ -134,8 +133,12 @@ def _analyze_path(args: argparse.Namespace) -> SpectralReport:
             rng=rng,
             n_jobs=1,
         )
+        del lw
         results.extend(one.layers)
         options = one.options
+    if not results:
+        what = "matching --layers " + args.layers if args.layers else "(dense, conv1d, conv2d or embedding)"
+        raise CLIError(f"{path}: no analyzable layer {what}")
     return SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=options)
 
 
