@@ -46,6 +46,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -276,14 +277,21 @@ def _save_history_plot(rows: Any, target: str, kind: str, metrics: Sequence[str]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .spectral.catalog import metric_available, missing_option
     from .sweep import find_checkpoints, load_history, parse_rule, replay_rule, run_sweep
+    from .sweep.rules import monitored_metrics
+    from .sweep.runner import SweepWarning
 
     rule = None
-    if args.rule:
+    if args.rule is not None:
         try:
             rule = parse_rule(args.rule)
         except ValueError as exc:
             raise CLIError(first_line(exc)) from exc
+        options = {"randomize": args.randomize, "mp_fit": args.mp_fit}
+        for metric in monitored_metrics(rule):
+            if not metric_available(metric, options):
+                raise CLIError(f"{args.rule} monitors {metric}, which needs {missing_option(metric)}")
     if args.jobs is not None and args.jobs < 1:
         raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
     if not find_checkpoints(args.paths) and not Path(args.history).exists():
@@ -304,24 +312,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{PROG}: skipped {outcome.error}", file=sys.stderr, flush=True)
 
     try:
-        result = run_sweep(
-            args.paths,
-            args.history,
-            jobs=args.jobs,
-            scheduler=args.scheduler,
-            seed=args.seed,
-            layers=_parse_layers(args.layers),
-            on_outcome=report,
-            randomize=args.randomize,
-            mp_fit=args.mp_fit,
-            traps=args.traps,
-            min_evals=args.min_evals,
-            max_evals=args.max_evals,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SweepWarning)
+            result = run_sweep(
+                args.paths,
+                args.history,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
+                seed=args.seed,
+                layers=_parse_layers(args.layers),
+                on_outcome=report,
+                randomize=args.randomize,
+                mp_fit=args.mp_fit,
+                traps=args.traps,
+                min_evals=args.min_evals,
+                max_evals=args.max_evals,
+            )
     except RuntimeError as exc:  # no Dask, unreachable scheduler
         raise CLIError(first_line(exc)) from exc
     except ValueError as exc:  # an unreadable existing history file
         raise CLIError(first_line(exc)) from exc
+    for warning in caught:
+        if issubclass(warning.category, SweepWarning):
+            print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
     print(
         f"\n{len(result.analyzed)} checkpoints analyzed, {len(result.skipped)} already in the history, "
         f"{len(result.failed)} unreadable, in {result.elapsed:.1f} s; history: {result.history}"

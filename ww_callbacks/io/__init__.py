@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from .directory import ModelDirectory, is_model_directory, load_directory
-from .files import WeightsFileError, is_path, load_checkpoint, load_weights
+from .files import WeightsFileError, is_path, load_weights
 from .source import LayerSource, open_layers
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "WeightsFileError",
     "is_model_directory",
     "is_path",
-    "load_checkpoint",
     "load_directory",
     "load_weights",
     "open_layers",

@@ -31,7 +31,7 @@ import numpy as np
 from .._util import first_line
 from ..layers.mapping import unwrap_state_dict
 
-__all__ = ["WeightsFileError", "is_path", "load_checkpoint", "load_weights"]
+__all__ = ["WeightsFileError", "is_path", "load_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,18 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, np.ndarray]:
     return _tensors_to_numpy({k: v for k, v in tensors.items() if _is_tensor_like(v)})
 
 
-def _load_torch(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def _unpickler_reason(exc: Exception) -> str:
+    """The informative line of torch's weights-only error (its first lines are boilerplate)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if rest:
+            return rest[0]
+    return first_line(exc)
+
+
+def _load_torch(path: Path) -> dict[str, Any]:
     try:
         import torch
     except ImportError as exc:
@@ -137,16 +148,14 @@ def _load_torch(path: Path, meta: dict[str, Any] | None = None) -> dict[str, Any
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+        if "unsupported global" in str(exc).lower():  # a pickled object, not just garbage
             raise WeightsFileError(
                 f"{path}: holds pickled Python objects that safe loading refuses; "
                 "save model.state_dict() (or a Lightning checkpoint) instead"
             ) from exc
-        raise WeightsFileError(f"{path}: not a torch checkpoint ({first_line(exc)})") from exc
+        raise WeightsFileError(f"{path}: not a torch checkpoint ({_unpickler_reason(exc)})") from exc
     except Exception as exc:  # truncated zips, text files, ...: torch raises many types
         raise WeightsFileError(f"{path}: cannot read as a torch checkpoint ({first_line(exc)})") from exc
-    if meta is not None and isinstance(obj, Mapping):
-        meta.update({k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (int, float, str))})
     return _state_dict_of(obj, path)
 
 
@@ -235,23 +244,3 @@ def load_weights(path: str | Path) -> Any:
     if fmt == "safetensors":
         return _load_safetensors(path)
     return _load_keras(path)
-
-
-def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """`load_weights` plus the scalar entries of a checkpoint dict (Lightning's ``epoch``, ``global_step`` ...).
-
-    The metadata is empty for files that have none (safetensors, Keras models, plain state dicts).
-
-    Example:
-        >>> import torch, tempfile, os
-        >>> f = os.path.join(tempfile.mkdtemp(), "c.ckpt")
-        >>> torch.save({"epoch": 3, "global_step": 40, "state_dict": {"fc.weight": torch.ones(4, 3)}}, f)
-        >>> weights, meta = load_checkpoint(f)
-        >>> sorted(weights), meta["epoch"], meta["global_step"]
-        (['fc.weight'], 3, 40)
-    """
-    path = Path(path)
-    meta: dict[str, Any] = {}
-    if path.is_file() and _detect_format(path) == "torch":
-        return _load_torch(path, meta), meta
-    return load_weights(path), meta

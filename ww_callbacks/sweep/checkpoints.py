@@ -1,10 +1,11 @@
 """Which checkpoints a sweep analyzes, and the epoch and step each one was saved at.
 
 `find_checkpoints` turns paths (files, checkpoint directories, or directories holding them) into an ordered list of
-`Checkpoint`; `read_checkpoint` opens one safely and returns what to analyze with its epoch and step:
+`Checkpoint`; `peek_epoch_and_step` reads the epoch and step each was saved at (without loading its weights) and
+`read_checkpoint` opens one safely for the analysis:
 
-* a Lightning ``.ckpt`` (or any torch checkpoint dict): its ``epoch`` and ``global_step`` (``step``), read with
-  ``weights_only=True``;
+* a Lightning ``.ckpt`` (or any torch checkpoint dict): its ``epoch`` and ``global_step`` (``step``: optimizer
+  steps done), read with ``weights_only=True``;
 * a Hugging Face ``checkpoint-*`` directory (or any ``save_pretrained`` directory): the weights
   (`ww_callbacks.io.ModelDirectory`, read layer by layer) and ``trainer_state.json`` (``global_step``; the
   epoch the checkpoint was saved in, 0-based: ``ceil(state.epoch) - 1``). Nothing else in the directory is opened
@@ -36,7 +37,7 @@ from typing import Any
 from ..io import WeightsFileError
 from ..io.directory import INDEX_FILES, WEIGHT_FILES
 
-__all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "find_checkpoints", "read_checkpoint"]
+__all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "find_checkpoints", "peek_epoch_and_step", "read_checkpoint"]
 
 #: File suffixes a sweep picks up inside a directory.
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".keras", ".h5")
@@ -170,30 +171,60 @@ def epoch_and_step(checkpoint: Checkpoint, meta: Mapping[str, Any]) -> tuple[int
     return int(epoch), int(step if step is not None else epoch)
 
 
-def read_checkpoint(checkpoint: Checkpoint) -> tuple[Any, int, int]:
-    """Open ``checkpoint`` safely: (what `ww_callbacks.analyze` takes, epoch, step).
-
-    A directory is returned as its path (analyzed layer by layer); a file is loaded now
-    (`ww_callbacks.io.load_checkpoint`). Raises `WeightsFileError` (one line naming the file) when it cannot be
-    read safely.
+def read_checkpoint(checkpoint: Checkpoint) -> Any:
+    """Open ``checkpoint`` safely for `ww_callbacks.analyze`: a directory as its path (analyzed layer by layer),
+    a file loaded now (`ww_callbacks.io.load_weights`). Raises `WeightsFileError` (one line naming the file)
+    when it cannot be read safely.
 
     Example:
         >>> import numpy as np, os, tempfile
         >>> from safetensors.numpy import save_file
         >>> f = os.path.join(tempfile.mkdtemp(), "epoch=2.safetensors")
         >>> save_file({"fc.weight": np.ones((4, 3), dtype=np.float32)}, f)
-        >>> weights, epoch, step = read_checkpoint(Checkpoint(Path(f), 0))
-        >>> sorted(weights), epoch, step
-        (['fc.weight'], 2, 2)
+        >>> sorted(read_checkpoint(Checkpoint(Path(f), 0)))
+        ['fc.weight']
     """
-    from ..io import load_checkpoint
+    from ..io import ModelDirectory, load_weights
 
+    if checkpoint.path.is_dir():
+        ModelDirectory(checkpoint.path)  # checks the layout now: a clear error before any analysis
+        return checkpoint.path
+    return load_weights(checkpoint.path)
+
+
+def _torch_metadata(path: Path) -> dict[str, Any]:
+    """The scalar entries of a torch checkpoint dict, without reading its tensors (memory-mapped, weights only).
+
+    Empty when the file cannot be read safely: the worker that loads it reports why.
+    """
+    import zipfile
+
+    try:
+        import torch
+    except ImportError:
+        return {}
+    try:
+        mmap = zipfile.is_zipfile(path)  # torch's zip format maps lazily; the legacy format is read whole
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:
+        return {}
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (int, float))}
+
+
+def peek_epoch_and_step(checkpoint: Checkpoint) -> tuple[int, int]:
+    """(epoch, step) of ``checkpoint`` without loading its weights (`epoch_and_step` on its metadata).
+
+    Example:
+        >>> peek_epoch_and_step(Checkpoint(Path("epoch=3-step=12.safetensors"), 0))
+        (3, 12)
+    """
     path = checkpoint.path
     if path.is_dir():
         state = _trainer_state(path)
         meta = {"hf": True, **{k: state[k] for k in ("epoch", "global_step") if k in state}}
-        epoch, step = epoch_and_step(checkpoint, meta if len(meta) > 1 else {})
-        return path, epoch, step
-    weights, meta = load_checkpoint(path)
-    epoch, step = epoch_and_step(checkpoint, meta)
-    return weights, epoch, step
+        return epoch_and_step(checkpoint, meta if len(meta) > 1 else {})
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        return epoch_and_step(checkpoint, _torch_metadata(path))
+    return epoch_and_step(checkpoint, {})

@@ -34,7 +34,7 @@ from ..spectral.catalog import SUMMARY_METRICS
 from ..spectral.report import LayerResult, SpectralReport
 from ..stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule
 
-__all__ = ["RULES", "RuleReplay", "parse_rule", "replay_rule", "reports_from_history"]
+__all__ = ["RULES", "RuleReplay", "monitored_metrics", "parse_rule", "replay_rule", "reports_from_history"]
 
 #: The rule classes the syntax knows, by name.
 RULES: Mapping[str, type[StoppingRule]] = {cls.__name__: cls for cls in (AllOf, AlphaBelow, AnyOf, Plateau)}
@@ -171,7 +171,7 @@ def replay_rule(rule: StoppingRule, rows: Sequence[Mapping[str, Any]]) -> RuleRe
     rule.reset()
     epochs = reports_from_history(rows)
     for epoch, step, report, checkpoint in epochs:
-        missing = [m for m in _monitored(rule) if m not in report.summary]
+        missing = [m for m in monitored_metrics(rule) if m not in report.summary]
         if missing:
             raise ValueError(
                 f"rule {rule!r} monitors {missing[0]!r}, which the history does not have "
@@ -183,8 +183,14 @@ def replay_rule(rule: StoppingRule, rows: Sequence[Mapping[str, Any]]) -> RuleRe
     return RuleReplay(repr(rule), None, None, "", "", len(epochs))
 
 
-def _monitored(rule: StoppingRule) -> list[str]:
+def monitored_metrics(rule: StoppingRule) -> list[str]:
+    """The summary metrics ``rule`` (and the rules it combines) watch.
+
+    Example:
+        >>> monitored_metrics(parse_rule("AnyOf(AlphaBelow(), Plateau('rand_distance', mode='max'))"))
+        ['alpha', 'rand_distance']
+    """
     children = getattr(rule, "rules", None)
     if children:
-        return [m for child in children for m in _monitored(child)]
+        return [m for child in children for m in monitored_metrics(child)]
     return [rule.monitor] if rule.monitor in SUMMARY_METRICS else []

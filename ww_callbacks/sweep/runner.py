@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -32,14 +33,25 @@ from typing import Any
 import numpy as np
 
 from .._util import first_line
-from .checkpoints import Checkpoint, find_checkpoints, read_checkpoint
+from .checkpoints import Checkpoint, find_checkpoints, peek_epoch_and_step, read_checkpoint
 
-__all__ = ["CheckpointOutcome", "SweepResult", "analyze_checkpoint", "run_sweep"]
+__all__ = [
+    "CheckpointOutcome",
+    "SweepResult",
+    "SweepWarning",
+    "analyze_checkpoint",
+    "number_epochs",
+    "run_sweep",
+]
 
 log = logging.getLogger(__name__)
 
 #: Options of `ww_callbacks.analyze` a sweep passes on (``traps`` is off by default, as in the callbacks).
 SWEEP_DEFAULTS: Mapping[str, Any] = {"randomize": True, "mp_fit": False, "traps": False}
+
+
+class SweepWarning(UserWarning):
+    """Something the user of a sweep should know (the command line prints it as one line)."""
 
 
 @dataclass
@@ -82,22 +94,29 @@ class SweepResult:
 
 
 def analyze_checkpoint(
-    checkpoint: Checkpoint, *, seed: int, layers: Any = None, options: Mapping[str, Any] | None = None
+    checkpoint: Checkpoint,
+    *,
+    epoch: int,
+    step: int,
+    seed: int,
+    layers: Any = None,
+    options: Mapping[str, Any] | None = None,
 ) -> CheckpointOutcome:
-    """Analyze one checkpoint; never raises (a failure is the outcome's ``error``, one line).
+    """Analyze one checkpoint as epoch ``epoch``; never raises (a failure is the outcome's ``error``, one line).
 
     Example:
         >>> from pathlib import Path
-        >>> analyze_checkpoint(Checkpoint(Path("missing.ckpt"), 0), seed=0).error
+        >>> analyze_checkpoint(Checkpoint(Path("missing.ckpt"), 0), epoch=0, step=0, seed=0).error
         'missing.ckpt: no such file'
     """
     from ..analysis import analyze  # the workers import the core only when they work
 
     start = time.perf_counter()
-    outcome = CheckpointOutcome(position=checkpoint.position, path=str(checkpoint.path), key=checkpoint.key)
+    outcome = CheckpointOutcome(
+        position=checkpoint.position, path=str(checkpoint.path), key=checkpoint.key, epoch=epoch, step=step
+    )
     try:
-        model, epoch, step = read_checkpoint(checkpoint)
-        outcome.epoch, outcome.step = epoch, step
+        model = read_checkpoint(checkpoint)
         kwargs = {**SWEEP_DEFAULTS, **(options or {})}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="no analyzable layer", category=RuntimeWarning)
@@ -130,17 +149,53 @@ def _limit_threads(threads: int) -> None:
     threadpool_limits(limits=max(1, int(threads)))
 
 
-def _task(args: tuple[Checkpoint, int, Any, Mapping[str, Any]]) -> CheckpointOutcome:
-    checkpoint, seed, layers, options = args
-    return analyze_checkpoint(checkpoint, seed=seed, layers=layers, options=options)
+def _task(args: tuple[Checkpoint, int, int, int, Any, Mapping[str, Any]]) -> CheckpointOutcome:
+    checkpoint, epoch, step, seed, layers, options = args
+    return analyze_checkpoint(checkpoint, epoch=epoch, step=step, seed=seed, layers=layers, options=options)
 
 
-def _already_done(history: Path) -> set[str]:
+def _history_index(history: Path) -> tuple[set[str], set[int]]:
+    """The checkpoint keys and the epochs already in ``history`` (rows the callbacks wrote have no key)."""
     if not history.exists():
-        return set()
+        return set(), set()
     from ..sinks.history import read_history_rows
 
-    return {str(row["checkpoint"]) for row in read_history_rows(history) if row.get("checkpoint")}
+    rows = read_history_rows(history)
+    return {str(r["checkpoint"]) for r in rows if r.get("checkpoint")}, {int(r["epoch"]) for r in rows}
+
+
+def number_epochs(
+    todo: Sequence[Checkpoint], taken: set[int], *, warn: Callable[[str], None] | None = None
+) -> list[tuple[int, int]]:
+    """The (epoch, step) each new checkpoint is written under.
+
+    The epoch is the checkpoint's own (`peek_epoch_and_step`) when that keeps one checkpoint per epoch in the
+    history (``taken``: the epochs already there). The history is keyed by epoch, so when
+    checkpoints are saved more often than once per epoch (``every_n_train_steps``, the Trainer's
+    ``save_steps``) the new checkpoints are numbered instead, in step order after the epochs already there,
+    and ``warn`` is told once; the step column keeps each checkpoint's own step.
+
+    Example:
+        >>> from pathlib import Path
+        >>> cps = [Checkpoint(Path(f"epoch=0-step={s}.pt"), i) for i, s in enumerate((5, 10))]
+        >>> number_epochs(cps, set())
+        [(0, 5), (1, 10)]
+    """
+    own = [peek_epoch_and_step(c) for c in todo]
+    epochs = [epoch for epoch, _ in own]
+    if len(set(epochs)) == len(epochs) and not taken & set(epochs):
+        return own
+    first = max(taken, default=-1) + 1
+    order = sorted(range(len(todo)), key=lambda i: (own[i][1], own[i][0], todo[i].position))
+    numbered = dict.fromkeys(range(len(todo)), 0)
+    for rank, index in enumerate(order):
+        numbered[index] = first + rank
+    if warn is not None:
+        warn(
+            "several checkpoints share an epoch (saved more often than once per epoch): the history's epoch "
+            f"column numbers them in step order from {first}; the step column keeps their steps"
+        )
+    return [(numbered[i], own[i][1]) for i in range(len(todo))]
 
 
 def _run_local(tasks: Sequence[Any], jobs: int) -> Iterable[CheckpointOutcome]:
@@ -152,8 +207,16 @@ def _run_local(tasks: Sequence[Any], jobs: int) -> Iterable[CheckpointOutcome]:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    # spawn: workers start clean (no forked torch/BLAS thread state), the same on every OS.
-    context = multiprocessing.get_context("spawn")
+    # Workers never fork this process (it may run torch or BLAS threads): a fork server that imported the
+    # sweep (and torch, when torch files are coming) once starts them cheaply; spawn where there is none.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        preload = ["ww_callbacks.sweep.runner"]
+        if any(_needs_torch(task[0]) for task in tasks) and importlib.util.find_spec("torch") is not None:
+            preload.append("torch")
+        context.set_forkserver_preload(preload)
+    else:
+        context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         max_workers=min(jobs, len(tasks)), mp_context=context, initializer=_limit_threads, initargs=(threads,)
     ) as pool:
@@ -162,13 +225,17 @@ def _run_local(tasks: Sequence[Any], jobs: int) -> Iterable[CheckpointOutcome]:
             yield _outcome_of(future, futures[future])
 
 
+def _needs_torch(checkpoint: Checkpoint) -> bool:
+    return checkpoint.path.is_dir() or checkpoint.path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin")
+
+
 def _run_dask(tasks: Sequence[Any], scheduler: str) -> Iterable[CheckpointOutcome]:
     try:
         from distributed import Client, as_completed
     except ImportError as exc:
         raise RuntimeError("--scheduler needs dask.distributed: pip install 'ww-callbacks[dask]'") from exc
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout="10s")
     except OSError as exc:
         raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler} ({first_line(exc)})") from exc
     try:
@@ -230,11 +297,14 @@ def run_sweep(
     start = time.perf_counter()
     history = Path(history)
     result = SweepResult(history=history)
-    done = _already_done(history)
+    done, taken = _history_index(history)
     todo = []
     for checkpoint in find_checkpoints(paths):
         (result.skipped if checkpoint.key in done else todo).append(checkpoint)
-    tasks = [(c, int(seed), layers, dict(options)) for c in todo]
+    numbers = number_epochs(
+        todo, taken, warn=lambda message: warnings.warn(message, SweepWarning, stacklevel=3)
+    )
+    tasks = [(c, e, s, int(seed), layers, dict(options)) for c, (e, s) in zip(todo, numbers, strict=True)]
     outcomes: Iterable[CheckpointOutcome]
     if scheduler:
         outcomes = _run_dask(tasks, scheduler)
@@ -261,7 +331,7 @@ def _record(outcome: CheckpointOutcome, writer: Any, result: SweepResult) -> Non
     from ..spectral.report import SpectralReport
 
     if not outcome.ok:
-        log.warning("skipped %s", outcome.error)
+        log.info("skipped %s", outcome.error)
         result.failed.append(outcome)
         return
     assert outcome.report is not None and outcome.epoch is not None and outcome.step is not None
