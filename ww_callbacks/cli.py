@@ -97,7 +97,7 @@ def _emit(text: str, destination: str) -> None:
 # --------------------------------------------------------------------------------------------------- analyze
 
 
-def _progress(items: Iterable[LayerWeights], mode: str) -> Iterable[LayerWeights]:
+def _progress(items: Iterable[LayerWeights], mode: str, total: int | None = None) -> Iterable[LayerWeights]:
     if mode == "never":
         return items
     try:
@@ -108,7 +108,7 @@ def _progress(items: Iterable[LayerWeights], mode: str) -> Iterable[LayerWeights
         return items
     # "auto" waits a moment so that quick analyses do not flash a bar.
     delay = 0.5 if mode == "auto" else 0.0
-    return tqdm(items, desc="analyzing", unit="layer", file=sys.stderr, delay=delay, leave=False)
+    return tqdm(items, desc="analyzing", unit="layer", total=total, file=sys.stderr, delay=delay, leave=False)
 
 
 def _parse_layers(spec: str | None) -> list[str] | None:
@@ -132,7 +132,7 @@ def _analyze_path(args: argparse.Namespace) -> SpectralReport:
     results: list[LayerResult] = []
     options: dict[str, Any] = {}
     start = time.perf_counter()
-    for lw in _progress(source, args.progress):
+    for lw in _progress(source, args.progress, source.total):
         one = analyze(
             [lw],
             randomize=args.randomize,

@@ -51,6 +51,16 @@ class LayerSource:
         self.description = description
 
     @property
+    def total(self) -> int | None:
+        """How many layers a file holds (None for a directory: known once it is read).
+
+        Example:
+            >>> LayerSource(layers=[]).total
+            0
+        """
+        return None if self._directory is not None else len(self._layers or [])
+
+    @property
     def streaming(self) -> bool:
         """True for a model directory, read layer by layer."""
         return self._directory is not None

@@ -223,7 +223,7 @@ def peek_epoch_and_step(checkpoint: Checkpoint) -> tuple[int, int]:
     path = checkpoint.path
     if path.is_dir():
         state = _trainer_state(path)
-        meta = {"hf": True, **{k: state[k] for k in ("epoch", "global_step") if k in state}}
+        meta: dict[str, Any] = {"hf": True, **{k: state[k] for k in ("epoch", "global_step") if k in state}}
         return epoch_and_step(checkpoint, meta if len(meta) > 1 else {})
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
         return epoch_and_step(checkpoint, _torch_metadata(path))

@@ -209,6 +209,7 @@ def _run_local(tasks: Sequence[Any], jobs: int) -> Iterable[CheckpointOutcome]:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # Workers never fork this process (it may run torch or BLAS threads): a fork server that imported the
     # sweep (and torch, when torch files are coming) once starts them cheaply; spawn where there is none.
+    context: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         preload = ["ww_callbacks.sweep.runner"]
@@ -298,7 +299,7 @@ def run_sweep(
     history = Path(history)
     result = SweepResult(history=history)
     done, taken = _history_index(history)
-    todo = []
+    todo: list[Checkpoint] = []
     for checkpoint in find_checkpoints(paths):
         (result.skipped if checkpoint.key in done else todo).append(checkpoint)
     numbers = number_epochs(
