@@ -25,6 +25,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
+from _hf_utils import MODELS, tiny_bert, tiny_gpt2  # noqa: E402
+
 #: Columns that do not depend on the shuffles.
 DETERMINISTIC = (
     "N",
@@ -53,37 +55,6 @@ DETERMINISTIC = (
     "matrix_rank",
     "entropy",
 )
-
-
-def _quiet_transformers() -> None:
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    _quiet_transformers()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=2, vocab_size=300, n_positions=64, bos_token_id=0, eos_token_id=0
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-def tiny_bert() -> torch.nn.Module:
-    _quiet_transformers()
-    torch.manual_seed(1)
-    config = transformers.BertConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        num_attention_heads=2,
-        intermediate_size=128,
-        vocab_size=300,
-        max_position_embeddings=64,
-    )
-    return transformers.BertForMaskedLM(config).eval()
-
-
-MODELS = {"gpt2": tiny_gpt2, "bert": tiny_bert}
 
 
 def save_dir(model: torch.nn.Module, directory: Path, fmt: str, shard: str | None = "60KB") -> Path:

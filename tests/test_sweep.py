@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _hf_utils import tiny_bert, tiny_gpt2
+from _lightning_utils import make_model, make_trainer
 
-from tests._lightning_utils import make_model, make_trainer
 from ww_callbacks.cli import main
 from ww_callbacks.sinks.history import load_history, read_history_rows
 from ww_callbacks.stopping import Plateau
@@ -230,8 +231,6 @@ def _malicious_pickle(marker: Path) -> bytes:
 
 
 def test_hf_checkpoint_directories(tmp_path: Path) -> None:
-    from tests.test_io_directory import tiny_gpt2
-
     model = tiny_gpt2()
     runs = tmp_path / "out"
     runs.mkdir()
@@ -382,8 +381,6 @@ def test_history_keeps_its_json_lines_format(lightning_run: dict[str, Any], tmp_
 
 
 def test_hf_epoch_checkpoints_keep_their_epochs(tmp_path: Path) -> None:
-    from tests.test_io_directory import tiny_bert
-
     model = tiny_bert()
     for step, epoch in ((8, 1.0), (16, 2.0)):  # save_strategy="epoch"
         _hf_checkpoint(tmp_path, model, step=step, epoch=epoch)
