@@ -178,7 +178,7 @@ def bench_memory() -> None:
         model.save_pretrained(tmp, max_shard_size="200MB")
         del model
         directory = ModelDirectory(tmp)
-        shapes = directory._shapes  # read from the headers: nothing loaded
+        shapes = directory.shapes  # read from the headers: nothing loaded
         largest = max((s for s in shapes.values() if len(s) == 2), key=lambda s: s[0] * s[1])
         largest_f64 = largest[0] * largest[1] * 8 / 2**20
         size = sum(f.stat().st_size for f in directory.files) / 2**30

@@ -18,11 +18,12 @@ def tiny_gpt2() -> Any:
     import transformers
 
     _quiet_transformers()
-    torch.manual_seed(0)
     config = transformers.GPT2Config(
         n_layer=2, n_embd=64, n_head=2, vocab_size=300, n_positions=64, bos_token_id=0, eos_token_id=0
     )
-    return transformers.GPT2LMHeadModel(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded without changing the global RNG
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(config).eval()
 
 
 def tiny_bert() -> Any:
@@ -31,7 +32,6 @@ def tiny_bert() -> Any:
     import transformers
 
     _quiet_transformers()
-    torch.manual_seed(1)
     config = transformers.BertConfig(
         num_hidden_layers=2,
         hidden_size=64,
@@ -40,7 +40,9 @@ def tiny_bert() -> Any:
         vocab_size=300,
         max_position_embeddings=64,
     )
-    return transformers.BertForMaskedLM(config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        return transformers.BertForMaskedLM(config).eval()
 
 
 MODELS = {"gpt2": tiny_gpt2, "bert": tiny_bert}

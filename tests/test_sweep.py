@@ -145,6 +145,19 @@ def test_rerun_skips_checkpoints_already_in_the_history(
     assert sorted({r["epoch"] for r in load_history(history, as_pandas=False)}) == [0, 1, 2, 3, 4]
 
 
+def test_last_ckpt_is_analyzed_once(lightning_run: dict[str, Any], tmp_path: Path) -> None:
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    files = sorted(lightning_run["ckpts"].glob("*.ckpt"))
+    for f in files:
+        (ckpts / f.name).write_bytes(f.read_bytes())
+    (ckpts / "last.ckpt").write_bytes(files[-1].read_bytes())  # what ModelCheckpoint(save_last=True) adds
+    with pytest.warns(SweepWarning, match="same epoch and step"):
+        result = run_sweep([ckpts], tmp_path / "h.jsonl", jobs=1, randomize=False)
+    assert [Path(o.path).name for o in result.analyzed] == [f.name for f in files]
+    assert [c.path.name for c in result.skipped] == ["last.ckpt"]
+
+
 def test_unreadable_checkpoints_are_reported_and_skipped(
     lightning_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

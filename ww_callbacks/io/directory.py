@@ -96,6 +96,7 @@ class ModelDirectory:
         files: the weight files, in reading order.
         names: tensor names per file (from the index or the safetensors headers; None for a ``.bin`` file
             without an index, whose names are only known once it is opened).
+        shapes: tensor name -> shape, from the safetensors headers (empty for ``.bin`` files).
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -112,7 +113,7 @@ class ModelDirectory:
         if not self.path.is_dir():
             raise WeightsFileError(f"{self.path}: not a directory")
         self.format, self.files, self.names = self._find_weights()
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
         if self.format == "safetensors":
             self._read_safetensors_headers()
 
@@ -191,7 +192,7 @@ class ModelDirectory:
                         + " that the index places there (a wrong or mixed-up shard)"
                     )
                 self.names[file] = sorted(listed, key=_natural_key)
-            self._shapes.update(shapes)
+            self.shapes.update(shapes)
 
     # ------------------------------------------------------------------ reading
     def _tensors(self, file: Path) -> Iterator[tuple[str, Any, Any]]:

@@ -164,6 +164,26 @@ def _history_index(history: Path) -> tuple[set[str], set[int]]:
     return {str(r["checkpoint"]) for r in rows if r.get("checkpoint")}, {int(r["epoch"]) for r in rows}
 
 
+def _drop_copies(todo: list[Checkpoint], result: SweepResult) -> list[Checkpoint]:
+    """Checkpoints saved at the same epoch and step as an earlier one of the series (Lightning's ``last.ckpt``
+    next to ``epoch=4-step=50.ckpt``) are the same training state: analyzed once, the others skipped."""
+    first: dict[tuple[int, int], Checkpoint] = {}
+    kept = []
+    for checkpoint in todo:
+        where = peek_epoch_and_step(checkpoint)
+        if where in first:
+            warnings.warn(
+                f"{checkpoint.path} was saved at the same epoch and step as {first[where].path}: analyzed once",
+                SweepWarning,
+                stacklevel=3,
+            )
+            result.skipped.append(checkpoint)
+            continue
+        first[where] = checkpoint
+        kept.append(checkpoint)
+    return kept
+
+
 def number_epochs(
     todo: Sequence[Checkpoint], taken: set[int], *, warn: Callable[[str], None] | None = None
 ) -> list[tuple[int, int]]:
@@ -302,6 +322,7 @@ def run_sweep(
     todo: list[Checkpoint] = []
     for checkpoint in find_checkpoints(paths):
         (result.skipped if checkpoint.key in done else todo).append(checkpoint)
+    todo = _drop_copies(todo, result)
     numbers = number_epochs(
         todo, taken, warn=lambda message: warnings.warn(message, SweepWarning, stacklevel=3)
     )
