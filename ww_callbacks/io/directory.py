@@ -34,10 +34,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -195,40 +196,33 @@ class ModelDirectory:
             self.shapes.update(shapes)
 
     # ------------------------------------------------------------------ reading
-    def _tensors(self, file: Path) -> Iterator[tuple[str, Any, Any]]:
-        """(name, numpy array, storage identity of the stored tensor or None) for each tensor of ``file``."""
+    def _tensors(self, file: Path) -> Iterator[tuple[str, Callable[[], tuple[Any, Any]]]]:
+        """(name, read) for each tensor of ``file``; ``read()`` gives (numpy array, storage identity or None), so
+        that tensors the analysis skips are never read."""
         if self.format == "safetensors":
-            names = self.names[file] or []
-            for name in names:
-                yield name, self._safetensors_tensor(file, name), None
+            for name in self.names[file] or []:
+                yield name, functools.partial(self._safetensors_tensor, file, name)
             return
         state = _load_torch_shard(file)
         wanted = self.names[file]
         if wanted is None:  # a single .bin without index: its keys are the whole state dict
             self.names[file] = wanted = [str(k) for k in state]
-        keys = [k for k in state if k in set(wanted)]
-        if len(keys) < len(wanted):
-            absent = [n for n in wanted if n not in state]
-            if absent:
-                raise WeightsFileError(
-                    f"{file}: does not hold {absent[0]!r} that the index places there (a wrong or mixed-up shard)"
-                )
-        for name in keys:
-            tensor = state[name]
-            if not (hasattr(tensor, "shape") and hasattr(tensor, "dtype")):
-                continue
-            identity = storage_identity(tensor)
-            array = _tensors_to_numpy({name: tensor})[name] if is_torch_tensor(tensor) else tensor
-            yield name, array, identity
-            del tensor, array  # this frame must not keep the previous layer alive
+        absent = [n for n in wanted if n not in state]
+        if absent:
+            raise WeightsFileError(
+                f"{file}: does not hold {absent[0]!r} that the index places there (a wrong or mixed-up shard)"
+            )
+        for name in [k for k in state if k in set(wanted)]:
+            if hasattr(state[name], "shape") and hasattr(state[name], "dtype"):
+                yield name, functools.partial(_torch_tensor, state, name)
         del state
 
-    def _safetensors_tensor(self, file: Path, name: str) -> Any:
+    def _safetensors_tensor(self, file: Path, name: str) -> tuple[Any, None]:
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(file), framework="numpy") as handle:
-                return handle.get_tensor(name)
+                return handle.get_tensor(name), None
         except TypeError:  # a dtype numpy lacks (bfloat16, float8 ...): read through torch
             pass
         except (SafetensorError, OSError, ValueError) as exc:
@@ -238,7 +232,7 @@ class ModelDirectory:
                 tensor = handle.get_tensor(name)
         except Exception as exc:
             raise WeightsFileError(f"{file}: cannot read tensor {name!r} ({first_line(exc)})") from exc
-        return _tensors_to_numpy({name: tensor})[name]
+        return _tensors_to_numpy({name: tensor})[name], None
 
     def _all_names(self) -> list[str] | None:
         names: list[str] = []
@@ -272,12 +266,15 @@ class ModelDirectory:
         for file in self.files:
             owners: dict[Any, str] = {}
             file_by_weight = by_weight
-            for name, array, identity in self._tensors(file):
+            for name, read in self._tensors(file):
                 if file_by_weight is None:  # known once a .bin without index is open (see `_tensors`)
                     file_by_weight = any(_is_weight_key(n) for n in self.names[file] or [])
                 if file_by_weight and not _is_weight_key(name):
                     continue
                 this_id, layer_id = layer_id, layer_id + 1
+                if len(self.shapes.get(name, (0, 0))) not in (2, 4):
+                    continue  # 1-D norms, scalars: never analyzed, so never read
+                array, identity = read()
                 if identity is not None and identity in owners:
                     log.debug(
                         "%s: %s shares its weights with %s; analyzed once", file, name, owners[identity]
@@ -286,15 +283,23 @@ class ModelDirectory:
                 if identity is not None:
                     owners[identity] = name
                 found = snapshot_mapping({name: array}, copy=False)
+                del array
                 if not found:
                     continue
                 selected = select_layers([dataclasses.replace(found[0], layer_id=this_id)], layers)
-                del found, array  # hold one layer at a time (the consumer drops it before asking again)
+                del found  # hold one layer at a time (the consumer drops it before asking again)
                 while selected:
                     yield selected.pop()
 
     def __repr__(self) -> str:
         return f"ModelDirectory({str(self.path)!r}, format={self.format!r}, files={len(self.files)})"
+
+
+def _torch_tensor(state: Mapping[str, Any], name: str) -> tuple[Any, Any]:
+    """One tensor of a loaded ``.bin`` shard as numpy, with the identity of its storage (ties)."""
+    tensor = state[name]
+    identity = storage_identity(tensor)
+    return (_tensors_to_numpy({name: tensor})[name] if is_torch_tensor(tensor) else tensor), identity
 
 
 def _load_torch_shard(file: Path) -> Mapping[str, Any]:
