@@ -1,9 +1,9 @@
 """Benchmarks of ``ww-callbacks sweep`` and of analyzing a sharded model directory.
 
 1. Sweep: 20 checkpoints (Lightning-style ``.ckpt`` dicts with ``epoch``/``global_step``) of a small random-init
-   GPT-2 (4 layers, 256 wide, 2000-token vocabulary), analyzed by `ww_callbacks.sweep.run_sweep` in this process
-   (``jobs=1``), in 2 worker processes (``jobs=2``, pool start-up included) and on a 2-worker Dask
-   ``LocalCluster`` (already running; its start-up is printed separately). Runs are interleaved; medians.
+   GPT-2 (4 layers, 256 wide, 2000-token vocabulary), analyzed by ``ww-callbacks sweep`` (a fresh interpreter
+   each time, as a user runs it) with ``--jobs 1``, ``--jobs 2`` (pool start-up included) and on a 2-worker
+   Dask ``LocalCluster`` (already running; its start-up is printed separately). Runs are interleaved; medians.
 2. Memory: a random-init GPT-2 of about 1.2 GB in float32 (24 layers, 1024 wide, 50257-token vocabulary) saved
    with ``save_pretrained(max_shard_size="200MB")``; peak extra resident memory of ``analyze(directory)`` in a
    fresh process (after a warm-up analysis), next to the largest layer in float64, and of loading the whole model
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import ww_callbacks
-from ww_callbacks.sweep import run_sweep
+from ww_callbacks.sinks.history import load_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,36 +88,55 @@ def bench_sweep(repeats: int) -> None:
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
         cluster_start = time.perf_counter() - start
         modes = {
-            "1 process (jobs=1)": {"jobs": 1},
-            "2 processes (jobs=2)": {"jobs": 2},
-            "Dask LocalCluster, 2 workers": {"scheduler": cluster.scheduler_address},
+            "1 process (--jobs 1)": ["--jobs", "1"],
+            "2 processes (--jobs 2)": ["--jobs", "2"],
+            "Dask LocalCluster, 2 workers": ["--scheduler", cluster.scheduler_address],
         }
         times: dict[str, list[float]] = {name: [] for name in modes}
-        histories: dict[str, str] = {}
+        histories: dict[str, Path] = {}
         try:
             for repeat in range(repeats):
-                for name, kwargs in modes.items():
-                    history = Path(tmp) / f"h_{repeat}_{len(times[name])}_{abs(hash(name))}.jsonl"
+                for index, (name, flags) in enumerate(modes.items()):
+                    history = Path(tmp) / f"h_{repeat}_{index}.jsonl"
+                    # the command a user runs, in a fresh interpreter (start-up included in every mode)
+                    command = [sys.executable, "-m", "ww_callbacks", "sweep", str(ckpts), "-o", str(history)]
                     start = time.perf_counter()
-                    result = run_sweep([ckpts], history, seed=0, **kwargs)  # type: ignore[arg-type]
+                    subprocess.run([*command, *flags], check=True, capture_output=True, env=_env())
                     times[name].append(time.perf_counter() - start)
-                    assert len(result.analyzed) == 20 and not result.failed, result.failed
-                    histories[name] = history.read_text()
+                    histories[name] = history
         finally:
             cluster.close()
-        same = len(set(histories.values())) == 1
-        layers = len(histories["1 process (jobs=1)"].splitlines()) // 20
+        rows = {name: load_history(path, as_pandas=False) for name, path in histories.items()}
+        reference = rows["1 process (--jobs 1)"]
+        assert len(reference) % 20 == 0 and all(len(r) == len(reference) for r in rows.values())
         print(
-            f"20 checkpoints of GPT-2 (4 x 256, vocab 2000; {layers} layers each), randomize=True, traps=False; "
-            f"{os.cpu_count()} CPUs, medians of {repeats} interleaved runs; Dask cluster start-up "
-            f"{cluster_start:.1f} s (not included)"
+            f"20 checkpoints of GPT-2 (4 x 256, vocab 2000; {len(reference) // 20} layers each), randomize=True, "
+            f"traps=False; {os.cpu_count()} CPUs, medians of {repeats} interleaved runs of `ww-callbacks sweep`; "
+            f"Dask cluster start-up {cluster_start:.1f} s (not included)"
         )
-        print(f"{'mode':32} {'wall s':>8} {'vs 1 process':>13} {'per checkpoint s':>17}")
-        base = statistics.median(times["1 process (jobs=1)"])
+        print(f"{'mode':32} {'wall s':>8} {'vs 1 process':>13} {'per checkpoint s':>17} {'max rel diff':>13}")
+        base = statistics.median(times["1 process (--jobs 1)"])
         for name, values in times.items():
             median = statistics.median(values)
-            print(f"{name:32} {median:8.2f} {base / median:12.2f}x {median / 20:17.3f}")
-        print(f"histories identical across modes: {same}")
+            diff = _max_rel_diff(reference, rows[name])
+            print(f"{name:32} {median:8.2f} {base / median:12.2f}x {median / 20:17.3f} {diff:13.1e}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _max_rel_diff(a: list[dict[str, object]], b: list[dict[str, object]]) -> float:
+    """Largest relative difference of the numeric columns (BLAS thread counts differ between modes, so the
+    last bits of the eigenvalues may too)."""
+    worst = 0.0
+    for ra, rb in zip(a, b, strict=True):
+        assert (ra["epoch"], ra["layer"]) == (rb["epoch"], rb["layer"])
+        for key, va in ra.items():
+            vb = rb[key]
+            if isinstance(va, float) and isinstance(vb, float) and np.isfinite(va) and np.isfinite(vb):
+                worst = max(worst, abs(va - vb) / max(abs(va), abs(vb), 1e-300))
+    return worst
 
 
 # ----------------------------------------------------------------------------------------------- memory
