@@ -4,7 +4,8 @@ Each checkpoint is one task: open it safely (`read_checkpoint`), analyze it with
 ``(seed, epoch)`` as the callbacks seed them (`ww_callbacks._monitor.SpectralMonitor.rng_for`), and send back
 the per-layer rows. The main process writes the rows in the order of the series (a result that arrives early
 waits for the ones before it), so the history file is the same whatever ran the tasks. A task that fails is
-reported and skipped; the others go on.
+reported and skipped; the others go on. (Numbers agree to rounding across modes: BLAS may use different
+thread counts in workers.)
 
 Example:
     >>> import numpy as np, os, tempfile
