@@ -70,7 +70,8 @@ def analyze(
             layers with fewer than 100 eigenvalues (``max_rand_eval``) and fit the MP bulk of the shuffled ESD
             (``rand_num_spikes``/``num_traps``, ``rand_*``). ``False`` skips that (about half the cost of
             randomizing; the callbacks' default) and leaves those columns NaN.
-        n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them).
+        n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them); a model
+            directory is analyzed one layer at a time.
 
     Example:
         >>> import numpy as np, ww_callbacks
