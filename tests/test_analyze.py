@@ -174,7 +174,8 @@ def test_max_evals_and_max_n_skip_layers():
 def test_unsupported_model_type_error():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         ww_callbacks.analyze(object())
-    with pytest.raises(TypeError):
+    # a string is a path now (issue 13): a missing file is a ValueError naming it, not a type error
+    with pytest.raises(ValueError, match="model.pt"):
         ww_callbacks.analyze("model.pt")
 
 

@@ -311,7 +311,7 @@ BAD_MESSAGES = {
     "no-layers": "no analyzable layer",
     "pickled-module": "save model.state_dict()",
     "missing": "no such file",
-    "directory": "is a directory",
+    "directory": "no model weights in this directory",
 }
 
 

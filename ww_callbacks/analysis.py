@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .io import is_model_directory, is_path, load_weights, open_layers
 from .layers import LayerWeights, snapshot
 from .spectral.layer import analyze_layers
 from .spectral.options import AnalysisOptions
@@ -47,9 +48,13 @@ def analyze(
 
     Args:
         model: a ``torch.nn.Module``, a Keras 3 ``Model``/``Layer``, a mapping of names to arrays or tensors
-            (a state dict, or a checkpoint dict holding one under ``state_dict``, ``model``, ``module`` ...),
-            or a list of `LayerWeights` from `ww_callbacks.layers.snapshot`. For a model file, use
-            ``analyze(ww_callbacks.io.load_weights(path))``.
+            (a state dict, or a checkpoint dict holding one under ``state_dict``, ``model``, ``module`` ...), a
+            list of `LayerWeights` from `ww_callbacks.layers.snapshot`, the path of a model file
+            (``.ckpt``, ``.pt``/``.pth``, ``.safetensors``, ``.keras``; read by `ww_callbacks.io.load_weights`),
+            or of a model directory saved by ``save_pretrained`` (sharded or not), which is read one layer at a
+            time (`ww_callbacks.io.ModelDirectory`): peak memory follows the largest layer, not the model.
+            A path that cannot be read raises `ww_callbacks.io.WeightsFileError` (a ``ValueError``) naming the
+            file.
         layers: keep only these layers: names, globs (``"encoder.*"``), compiled regexes, kinds (``"dense"``,
             ``"conv2d"``, ``"embedding"``), classes or layer ids; a leading ``-`` excludes.
         randomize: also compare each layer's ESD with that of its shuffled weights (``rand_distance`` ...).
@@ -65,7 +70,8 @@ def analyze(
             layers with fewer than 100 eigenvalues (``max_rand_eval``) and fit the MP bulk of the shuffled ESD
             (``rand_num_spikes``/``num_traps``, ``rand_*``). ``False`` skips that (about half the cost of
             randomizing; the callbacks' default) and leaves those columns NaN.
-        n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them).
+        n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them); a model
+            directory is analyzed one layer at a time.
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -83,6 +89,11 @@ def analyze(
         n_random=n_random,
         traps=traps,
     )
+    if is_path(model) and is_model_directory(model):
+        stream_rng = rng if rng is not None else np.random.default_rng(seed)
+        return _analyze_stream(model, layers=layers, rng=stream_rng, opts=opts)
+    if is_path(model):
+        model = load_weights(model)
     start = time.perf_counter()
     # No copy: the analysis runs now and never writes into the weights.
     found: Sequence[LayerWeights] = snapshot(model, layers=layers, copy=False)
@@ -98,4 +109,22 @@ def analyze(
     results = analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
     report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)
+    return report
+
+
+def _analyze_stream(path: Any, *, layers: Any, rng: RandomSource, opts: AnalysisOptions) -> SpectralReport:
+    """A model directory, one layer at a time: each layer is read, analyzed and dropped before the next.
+
+    ``analyze_layers`` on one layer at a time draws the same child generators (``rng.spawn``) or the same
+    RandomState stream as on the whole list, so the report equals that of the fully loaded state dict.
+    """
+    start = time.perf_counter()
+    results = []
+    for lw in open_layers(path, layers=layers):
+        results.extend(analyze_layers([lw], rng=rng, opts=opts, n_jobs=1))
+        del lw  # before the next layer is read: one layer in memory at a time
+    if not results:
+        warnings.warn(f"no analyzable layer found in {path}", RuntimeWarning, stacklevel=3)
+    report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
+    log.debug("analyzed %d layers of %s in %.3fs", len(results), path, report.elapsed)
     return report

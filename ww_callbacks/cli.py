@@ -5,8 +5,9 @@ Subcommands:
 ``ww-callbacks analyze PATH``
     Analyze the weights saved in ``PATH`` without any data and print the per-layer table and the summary.
     ``PATH`` may be a Lightning checkpoint (``.ckpt``), a torch state dict (``.pt``, ``.pth``, ``.bin``), a
-    ``.safetensors`` file or a Keras model (``.keras``, legacy ``.h5``); files with another suffix are
-    recognized by their content. Options:
+    ``.safetensors`` file, a Keras model (``.keras``, legacy ``.h5``), or a model directory saved by
+    ``save_pretrained`` (sharded or not; read one layer at a time); files with another suffix are recognized
+    by their content. Options:
 
     * ``--json [FILE]`` / ``--csv [FILE]``: also write every per-layer column (JSON: plus the summary) to
       ``FILE``; without ``FILE`` (or with ``-``) the JSON or CSV replaces the table on stdout. NaN is written
@@ -18,6 +19,11 @@ Subcommands:
       `ww_callbacks.analyze`.
     * ``--progress {auto,always,never}``: a bar over layers on stderr; ``auto`` shows it only on a terminal
       and only once the analysis has run for a moment.
+
+``ww-callbacks sweep CHECKPOINT... [--history FILE] [--rule RULE] [--jobs N | --scheduler ADDRESS]``
+    Analyze a series of checkpoints into a history file (see `ww_callbacks.sweep`); ``--rule`` prints where a
+    stopping rule (written in the syntax of `ww_callbacks.sweep.rules`) would have stopped. Exit status 1 when a
+    checkpoint could not be read (the others are analyzed).
 
 ``ww-callbacks history HISTORY.jsonl``
     Print the summary metrics epoch by epoch from a history file written by the callbacks; ``--plot FILE``
@@ -40,6 +46,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,8 +56,8 @@ import numpy as np
 from . import __version__
 from ._util import first_line, jsonable
 from .analysis import analyze
-from .io import WeightsFileError, load_weights
-from .layers import LayerWeights, snapshot
+from .io import WeightsFileError, load_weights, open_layers
+from .layers import LayerWeights
 from .spectral.catalog import METRICS
 from .spectral.options import AnalysisOptions
 from .spectral.report import LayerResult, SpectralReport
@@ -64,6 +71,8 @@ PROG = "ww-callbacks"
 
 #: Exit code for a bad input file or a usage error (argparse uses 2 as well).
 EXIT_BAD_INPUT = 2
+
+SWEEP_KINDS = ".ckpt, .pt, .pth, .bin, .safetensors, .keras files and model directories"
 
 #: Summary metrics shown by ``history`` (those present in the file are used); see the metric table.
 HISTORY_METRICS = tuple(name for name, info in METRICS.items() if info.history_table)
@@ -88,7 +97,7 @@ def _emit(text: str, destination: str) -> None:
 # --------------------------------------------------------------------------------------------------- analyze
 
 
-def _progress(items: Sequence[LayerWeights], mode: str) -> Iterable[LayerWeights]:
+def _progress(items: Iterable[LayerWeights], mode: str, total: int | None = None) -> Iterable[LayerWeights]:
     if mode == "never":
         return items
     try:
@@ -99,7 +108,7 @@ def _progress(items: Sequence[LayerWeights], mode: str) -> Iterable[LayerWeights
         return items
     # "auto" waits a moment so that quick analyses do not flash a bar.
     delay = 0.5 if mode == "auto" else 0.0
-    return tqdm(items, desc="analyzing", unit="layer", file=sys.stderr, delay=delay, leave=False)
+    return tqdm(items, desc="analyzing", unit="layer", total=total, file=sys.stderr, delay=delay, leave=False)
 
 
 def _parse_layers(spec: str | None) -> list[str] | None:
@@ -111,20 +120,19 @@ def _parse_layers(spec: str | None) -> list[str] | None:
 
 def _analyze_path(args: argparse.Namespace) -> SpectralReport:
     path = Path(args.path)
-    model = load_weights(path)
     try:
-        found = snapshot(model, layers=_parse_layers(args.layers))
+        source = open_layers(path, layers=_parse_layers(args.layers))
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, WeightsFileError):
+            raise
         raise CLIError(f"{path}: cannot find layers ({first_line(exc)})") from exc
-    if not found:
-        what = "matching --layers " + args.layers if args.layers else "(dense, conv1d, conv2d or embedding)"
-        raise CLIError(f"{path}: no analyzable layer {what}")
-    # One layer at a time so the bar can move; a single generator keeps the shuffles reproducible.
+    # One layer at a time so the bar can move (and a model directory is read layer by layer); a single
+    # generator keeps the shuffles reproducible.
     rng = np.random.default_rng(args.seed)
     results: list[LayerResult] = []
     options: dict[str, Any] = {}
     start = time.perf_counter()
-    for lw in _progress(found, args.progress):
+    for lw in _progress(source, args.progress, source.total):
         one = analyze(
             [lw],
             randomize=args.randomize,
@@ -134,8 +142,12 @@ def _analyze_path(args: argparse.Namespace) -> SpectralReport:
             rng=rng,
             n_jobs=1,
         )
+        del lw
         results.extend(one.layers)
         options = one.options
+    if not results:
+        what = "matching --layers " + args.layers if args.layers else "(dense, conv1d, conv2d or embedding)"
+        raise CLIError(f"{path}: no analyzable layer {what}")
     return SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=options)
 
 
@@ -261,6 +273,81 @@ def _save_history_plot(rows: Any, target: str, kind: str, metrics: Sequence[str]
         raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+# --------------------------------------------------------------------------------------------------- sweep
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .spectral.catalog import metric_available, missing_option
+    from .sweep import find_checkpoints, load_history, parse_rule, replay_rule, run_sweep
+    from .sweep.rules import monitored_metrics
+    from .sweep.runner import SweepWarning
+
+    rule = None
+    if args.rule is not None:
+        try:
+            rule = parse_rule(args.rule)
+        except ValueError as exc:
+            raise CLIError(first_line(exc)) from exc
+        options = {"randomize": args.randomize, "mp_fit": args.mp_fit}
+        for metric in monitored_metrics(rule):
+            if not metric_available(metric, options):
+                raise CLIError(f"{args.rule} monitors {metric}, which needs {missing_option(metric)}")
+    if args.jobs is not None and args.jobs < 1:
+        raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
+    if not find_checkpoints(args.paths) and not Path(args.history).exists():
+        raise CLIError(f"no checkpoints in {', '.join(args.paths)} (looked for {SWEEP_KINDS})")
+
+    def report(outcome: Any) -> None:
+        if outcome.ok:
+            summary = SpectralReport.from_dict(outcome.report).summary
+            values = ", ".join(
+                f"{m} {format_value(summary[m])}" for m in ("alpha", "rand_distance") if m in summary
+            )
+            print(
+                f"epoch {outcome.epoch:>4}  step {outcome.step:>7}  {outcome.path}: "
+                f"{len(outcome.report['layers'])} layers, {values} ({outcome.elapsed:.1f} s)",
+                flush=True,
+            )
+        else:
+            print(f"{PROG}: skipped {outcome.error}", file=sys.stderr, flush=True)
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SweepWarning)
+            result = run_sweep(
+                args.paths,
+                args.history,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
+                seed=args.seed,
+                layers=_parse_layers(args.layers),
+                on_outcome=report,
+                randomize=args.randomize,
+                mp_fit=args.mp_fit,
+                traps=args.traps,
+                min_evals=args.min_evals,
+                max_evals=args.max_evals,
+            )
+    except RuntimeError as exc:  # no Dask, unreachable scheduler
+        raise CLIError(first_line(exc)) from exc
+    except ValueError as exc:  # an unreadable existing history file
+        raise CLIError(first_line(exc)) from exc
+    for warning in caught:
+        if issubclass(warning.category, SweepWarning):
+            print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
+    print(
+        f"\n{len(result.analyzed)} checkpoints analyzed, {len(result.skipped)} already in the history, "
+        f"{len(result.failed)} unreadable, in {result.elapsed:.1f} s; history: {result.history}"
+    )
+    if rule is not None:
+        try:
+            replay = replay_rule(rule, load_history(result.history, as_pandas=False))
+        except (ValueError, KeyError, OSError) as exc:
+            raise CLIError(f"cannot replay {args.rule}: {first_line(exc)}") from exc
+        print(replay.describe())
+    return 1 if result.failed else 0
+
+
 # --------------------------------------------------------------------------------------------------- parser
 
 
@@ -292,10 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "analyze",
-        help="analyze a saved model (.ckpt, .pt/.pth, .safetensors, .keras)",
+        help="analyze a saved model (.ckpt, .pt/.pth, .safetensors, .keras, a save_pretrained directory)",
         description="Analyze the weights in PATH and print the per-layer table and the summary.",
     )
-    p.add_argument("path", metavar="PATH", help="a .ckpt, .pt/.pth, .safetensors or .keras file")
+    p.add_argument(
+        "path", metavar="PATH", help="a .ckpt, .pt/.pth, .safetensors or .keras file, or a model directory"
+    )
     _output_option(p, "--json", "the report as JSON (per-layer columns, summary, options)")
     _output_option(p, "--csv", "the per-layer columns as CSV")
     p.add_argument("--plots", metavar="DIR", help="save one ESD plot per layer into DIR")
@@ -351,6 +440,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_option(h, "--json", "the per-epoch summary as JSON")
     h.set_defaults(func=_cmd_history)
+
+    w = sub.add_parser(
+        "sweep",
+        help="analyze a series of checkpoints into a history file",
+        description=(
+            "Analyze checkpoints (Lightning .ckpt, Hugging Face checkpoint-* directories, .keras files, state dicts) "
+            "into the JSON-lines history the callbacks write, each with the epoch and step it was saved at. "
+            "Re-running into the same history skips the checkpoints already in it; an unreadable checkpoint is "
+            "reported and skipped (exit status 1)."
+        ),
+    )
+    w.add_argument(
+        "paths", nargs="+", metavar="CHECKPOINT", help="checkpoint files or directories holding them"
+    )
+    w.add_argument(
+        "--history",
+        "-o",
+        default="ww_history.jsonl",
+        metavar="FILE",
+        help="the history file to append to (default: ww_history.jsonl)",
+    )
+    w.add_argument(
+        "--rule",
+        metavar="RULE",
+        help="print where this stopping rule would have stopped, e.g. \"Plateau('rand_distance', mode='max', "
+        'patience=3)" (rule classes Plateau, AlphaBelow, AnyOf, AllOf with literal arguments)',
+    )
+    w.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: the CPU count)")
+    w.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on this Dask distributed scheduler (tcp://host:8786) instead",
+    )
+    w.add_argument("--layers", metavar="SPEC", help="as for analyze")
+    w.add_argument("--no-randomize", dest="randomize", action="store_false", help="skip rand_distance")
+    w.add_argument("--mp-fit", action="store_true", help="also fit the Marchenko-Pastur bulk")
+    w.add_argument(
+        "--traps",
+        action="store_true",
+        help="also count correlation traps (off by default, as in the callbacks)",
+    )
+    w.add_argument("--seed", type=int, default=0, help="epoch e uses the shuffles of (seed, e) (default: 0)")
+    w.add_argument("--min-evals", type=int, default=defaults.min_evals, help="as for analyze")
+    w.add_argument("--max-evals", type=int, default=defaults.max_evals, help="as for analyze")
+    w.set_defaults(func=_cmd_sweep)
     return parser
 
 

@@ -44,8 +44,12 @@ INDEX_KEYS = ("epoch", "step", "layer")
 _FLOAT_COLUMNS = frozenset(f.name for f in dataclasses.fields(LayerResult) if f.type in ("float", float))
 
 
-def history_rows(report: SpectralReport, *, epoch: int, step: int) -> list[dict[str, Any]]:
+def history_rows(
+    report: SpectralReport, *, epoch: int, step: int, extra: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The history lines of one analysis, as dicts (one per layer), before JSON encoding.
+
+    ``extra`` columns (e.g. ``checkpoint``, which ``ww-callbacks sweep`` records) follow the index keys.
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -57,6 +61,8 @@ def history_rows(report: SpectralReport, *, epoch: int, step: int) -> list[dict[
     rows = []
     for layer in report.layers:
         row: dict[str, Any] = {"epoch": int(epoch), "step": int(step), "layer": layer.longname}
+        for key, value in (extra or {}).items():
+            row.setdefault(key, jsonable(value))
         for key, value in layer.to_row().items():
             row.setdefault(key, jsonable(value))
         rows.append(row)
@@ -96,11 +102,13 @@ class HistoryWriter:
             return open(self.path, "a", encoding="utf-8")
         return open(self.path, "w", encoding="utf-8")
 
-    def write(self, report: SpectralReport, *, epoch: int, step: int) -> None:
-        """Append one line per layer of ``report`` and force them to disk."""
+    def write(
+        self, report: SpectralReport, *, epoch: int, step: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        """Append one line per layer of ``report`` (plus the ``extra`` columns) and force them to disk."""
         lines = "".join(
             json.dumps(row, allow_nan=False, separators=(",", ":")) + "\n"
-            for row in history_rows(report, epoch=epoch, step=step)
+            for row in history_rows(report, epoch=epoch, step=step, extra=extra)
         )
         if not lines:
             return

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ._util import first_line
-from .layers.mapping import unwrap_state_dict
+from .._util import first_line
+from ..layers.mapping import unwrap_state_dict
 
 __all__ = ["WeightsFileError", "is_path", "load_weights"]
 
@@ -129,6 +129,17 @@ def _state_dict_of(obj: Any, path: Path) -> dict[str, np.ndarray]:
     return _tensors_to_numpy({k: v for k, v in tensors.items() if _is_tensor_like(v)})
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The informative line of torch's weights-only error (its first lines are boilerplate)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if rest:
+            return rest[0]
+    return first_line(exc)
+
+
 def _load_torch(path: Path) -> dict[str, Any]:
     try:
         import torch
@@ -137,12 +148,12 @@ def _load_torch(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+        if "unsupported global" in str(exc).lower():  # a pickled object, not just garbage
             raise WeightsFileError(
                 f"{path}: holds pickled Python objects that safe loading refuses; "
                 "save model.state_dict() (or a Lightning checkpoint) instead"
             ) from exc
-        raise WeightsFileError(f"{path}: not a torch checkpoint ({first_line(exc)})") from exc
+        raise WeightsFileError(f"{path}: not a torch checkpoint ({_unpickler_reason(exc)})") from exc
     except Exception as exc:  # truncated zips, text files, ...: torch raises many types
         raise WeightsFileError(f"{path}: cannot read as a torch checkpoint ({first_line(exc)})") from exc
     return _state_dict_of(obj, path)
@@ -194,16 +205,20 @@ def _load_keras(path: Path) -> Any:
     except ImportError as exc:
         raise WeightsFileError(f"{path}: reading Keras models needs keras: pip install keras") from exc
     try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as exc:  # keras raises ValueError, OSError, BadZipFile, TypeError ... for bad files
+        return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as exc:
+        if "safe_mode" in str(exc):  # a Lambda layer or other Python code: never run it
+            raise WeightsFileError(
+                f"{path}: holds Python code (e.g. a Lambda layer) that Keras' safe mode refuses to load"
+            ) from exc  # keras raises ValueError, OSError, BadZipFile, TypeError ... for bad files
         raise WeightsFileError(f"{path}: cannot read as a Keras model ({first_line(exc)})") from exc
 
 
 def load_weights(path: str | Path) -> Any:
     """Load the model or weights saved in ``path`` for `ww_callbacks.analyze`.
 
-    Returns a mapping of names to numpy arrays (torch checkpoints, state dicts, safetensors) or a Keras
-    model. Torch files are loaded with ``weights_only=True`` (no code from the file runs); the weights of a
+    Returns a mapping of names to numpy arrays (torch checkpoints, state dicts, safetensors, a model directory
+    saved by ``save_pretrained``: see `ww_callbacks.io.directory`) or a Keras model. Torch files are loaded with ``weights_only=True`` (no code from the file runs); the weights of a
     checkpoint dict are found with `ww_callbacks.layers.mapping.unwrap_state_dict` (Lightning's ``state_dict``,
     ``model``, ``module`` ...). Raises `WeightsFileError` with a one-line message for anything else.
 
@@ -219,7 +234,9 @@ def load_weights(path: str | Path) -> Any:
     if not path.exists():
         raise WeightsFileError(f"{path}: no such file")
     if path.is_dir():
-        raise WeightsFileError(f"{path}: is a directory, expected a model file")
+        from .directory import load_directory
+
+        return load_directory(path)
     fmt = _detect_format(path)
     log.debug("loading %s as %s", path, fmt)
     if fmt == "torch":
