@@ -81,6 +81,8 @@ def test_lightning_callbacks_are_class_statements(module, own_options):
     # Every hook it implements is a real override of the namespace's Callback.
     for hook in ("setup", "on_fit_start", "on_fit_end", "on_exception", "state_dict", "load_state_dict"):
         assert getattr(callback.__dict__[hook], "__override__", False), hook
+    instance = callback(seed=0)
+    assert instance.monitor is instance.engine  # the engine's former name still works
 
 
 def test_metric_facts_come_from_the_one_table():
