@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ def _calling_handler() -> CallbackHandler | None:
     ``TrainerCallback`` hooks do not receive the Trainer; the handler (which holds every callback) is the
     ``self`` of the ``call_event`` frame that calls the hook.
     """
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     for _ in range(_HANDLER_SEARCH_DEPTH):
         if frame is None:
             return None
@@ -147,7 +148,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
             wandb is never imported for this otherwise.
         wandb_init_kwargs: start a W&B run with these ``wandb.init`` arguments when there is none (finished at
             the end of training).
-        media_every_n_epochs: spacing, in analyses, of the ESD images sent to W&B (None: the sink's default).
+        media_every_n_epochs: spacing, in epochs, of the ESD images sent to W&B (None: the sink's default; 0: none).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO, process 0) each analysis' summary, not only the stop.
 
