@@ -258,9 +258,9 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
     ):
         # The Trainer picks the best checkpoint from these metrics (``_determine_best_metric``).
         metrics, key = kwargs.get("metrics"), self._best_key(args)
-        last = self._last_values()
-        if metrics is not None and key is not None and key in last:
-            metrics.setdefault(f"eval_{key}", last[key])
+        if metrics is not None and key is not None:
+            # NaN before the first analysis: never "better", and no KeyError in the Trainer's comparison.
+            metrics.setdefault(f"eval_{key}", self._last_values().get(key, math.nan))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
