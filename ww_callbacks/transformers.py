@@ -96,6 +96,40 @@ def _strategy(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+def _best_key(args: TrainingArguments, prefix: str) -> str | None:
+    """Our logged key named by ``metric_for_best_model`` (``eval_`` prefix or not), else None.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> _best_key(NS(metric_for_best_model="eval_ww/alpha"), "ww/"), _best_key(NS(metric_for_best_model="loss"), "ww/")
+        ('ww/alpha', None)
+    """
+    name = args.metric_for_best_model
+    if not name:
+        return None
+    bare = name[len("eval_") :] if name.startswith("eval_") else name
+    return bare if bare.startswith(prefix) else None
+
+
+def _track_best(
+    args: TrainingArguments,
+    state: TrainerState,
+    control: TrainerControl,
+    key: str | None,
+    values: dict[str, float],
+) -> None:
+    """Without evaluations, do with our value what ``Trainer._determine_best_metric`` does with eval metrics,
+    and with ``save_strategy="best"`` ask for a checkpoint when it improved."""
+    if key is None or _strategy(args.eval_strategy) != "no" or key not in values:
+        return
+    value, best = values[key], state.best_metric
+    improved = best is None or (value > best if args.greater_is_better else value < best)
+    if improved:
+        state.best_metric, state.best_global_step = value, int(state.global_step)
+    if _strategy(args.save_strategy) == "best":
+        control.should_save = bool(improved) or control.should_save
+
+
 class WeightWatcherCallback(TrainerCallback, EngineViews):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for ``transformers.Trainer``.
 
@@ -157,6 +191,18 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         last_report, history, stopped_epoch, stop_reason, seed: as in the Lightning and Keras callbacks
             (``history`` entries carry ``epoch`` (0-based) and ``step`` (``global_step``)).
         stopped_step: the ``global_step`` at which the rule stopped training, or None.
+
+    Example::
+
+        from transformers import Trainer, TrainingArguments
+        from ww_callbacks.transformers import WeightWatcherCallback
+        from ww_callbacks.stopping import Plateau
+
+        ww = WeightWatcherCallback(every_n_steps=100, early_stopping=Plateau("alpha", mode="min", patience=3))
+        args = TrainingArguments("out", max_steps=2000, save_strategy="best", metric_for_best_model="ww/alpha",
+                                 greater_is_better=False, load_best_model_at_end=True, report_to=["tensorboard"])
+        Trainer(model=model, args=args, train_dataset=data, callbacks=[ww]).train()
+        print(ww.stopped_step, ww.stop_reason, ww.last_report.to_pandas())
     """
 
     def __init__(
@@ -257,7 +303,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ):
         # The Trainer picks the best checkpoint from these metrics (``_determine_best_metric``).
-        metrics, key = kwargs.get("metrics"), self._best_key(args)
+        metrics, key = kwargs.get("metrics"), _best_key(args, self.engine.prefix)
         if metrics is not None and key is not None:
             # NaN before the first analysis: never "better", and no KeyError in the Trainer's comparison.
             metrics.setdefault(f"eval_{key}", self._last_values().get(key, math.nan))
@@ -279,7 +325,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         if result.metrics:
             self._log(args, state, control, result.metrics)
         if result.report is not None:
-            self._track_best(args, state, control, result.metrics)
+            _track_best(args, state, control, _best_key(args, self.engine.prefix), result.metrics)
         stops = self.engine.early_stopping is not None and self._apply_decision(args, control, result, step)
         if state.is_world_process_zero:
             self._open_sinks(args)
@@ -317,32 +363,9 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         finally:
             control.should_log = should_log
 
-    def _best_key(self, args: TrainingArguments) -> str | None:
-        """Our logged key named by ``metric_for_best_model`` (``eval_`` prefix or not), else None."""
-        name = args.metric_for_best_model
-        if not name:
-            return None
-        bare = name[len("eval_") :] if name.startswith("eval_") else name
-        return bare if bare.startswith(self.engine.prefix) else None
-
     def _last_values(self) -> dict[str, float]:
         report = self.engine.last_report
         return {} if report is None else self.engine.metrics_from(report)
-
-    def _track_best(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, values: dict[str, float]
-    ) -> None:
-        """Without evaluations, do what ``Trainer._determine_best_metric`` would do with our value."""
-        key = self._best_key(args)
-        if key is None or _strategy(args.eval_strategy) != "no" or key not in values:
-            return
-        value = values[key]
-        best = state.best_metric
-        improved = best is None or (value > best if args.greater_is_better else value < best)
-        if improved:
-            state.best_metric, state.best_global_step = value, int(state.global_step)
-        if _strategy(args.save_strategy) == "best":
-            control.should_save = bool(improved) or control.should_save
 
     def _apply_decision(
         self, args: TrainingArguments, control: TrainerControl, result: MonitorResult, step: int
