@@ -261,3 +261,39 @@ def test_two_processes_stop_at_the_same_step(tmp_path):
         s for s in (2, 4, 6) for _ in range(zero["history"][0]["num_layers"])
     ]
     assert all(math.isfinite(h["alpha"]) for h in zero["history"])
+
+
+# ---------------------------------------------------------------------- hooks called without a Trainer
+def _bare_hooks(tmp_path, **overrides):
+    from transformers import TrainerControl, TrainerState
+
+    args = training_args(tmp_path, **overrides)
+    state = TrainerState()
+    state.max_steps, state.is_world_process_zero = 4, True
+    return args, state, TrainerControl()
+
+
+def test_without_a_callback_handler_values_still_reach_log_history(tmp_path):
+    ww = WeightWatcherCallback(every_n_steps=1, seed=0, metrics=("alpha",), history_path=False)
+    args, state, control = _bare_hooks(tmp_path)
+    with pytest.warns(RuntimeWarning, match="callback handler"):
+        ww.on_train_begin(args, state, control)
+    state.global_step, state.epoch = 1, 0.25
+    ww.on_step_end(args, state, control, model=tiny_gpt2())
+    assert state.log_history == [{"ww/alpha": ww.history[0]["alpha"], "epoch": 0.25, "step": 1}]
+    assert state.stateful_callbacks["WeightWatcherCallback[ww/]"]["history"] == ww.history
+
+
+def test_evaluation_before_the_first_analysis_gets_nan_not_a_key_error(tmp_path):
+    ww = WeightWatcherCallback(every_n_steps=5, seed=0)
+    args, state, control = _bare_hooks(tmp_path, metric_for_best_model="ww/alpha", greater_is_better=False)
+    metrics = {"eval_loss": 1.0}
+    ww.on_evaluate(args, state, control, metrics=metrics)
+    assert math.isnan(metrics["eval_ww/alpha"])
+
+
+def test_bad_options_fail_at_construction():
+    with pytest.raises(ValueError, match="every_n_steps"):
+        WeightWatcherCallback(every_n_steps=0)
+    with pytest.raises(TypeError, match="history_path"):
+        WeightWatcherCallback(history_path=3)
