@@ -92,6 +92,13 @@ def lightning(session: nox.Session) -> None:
 
 
 @nox.session
+def transformers(session: nox.Session) -> None:
+    """The Hugging Face Trainer callback (2 processes included) and the history it writes."""
+    _install_test(session)
+    session.run("pytest", "tests/test_transformers_callback.py", "tests/test_history.py", *session.posargs)
+
+
+@nox.session
 @nox.parametrize("backend", KERAS_BACKENDS)
 def keras(session: nox.Session, backend: str) -> None:
     """The Keras callback and snapshot on one backend."""

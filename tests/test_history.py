@@ -77,19 +77,34 @@ def test_resume_appends_and_append_false_starts_over(tmp_path, reports):
 def test_resume_from_older_checkpoint_keeps_newest_lines(tmp_path, reports):
     path = tmp_path / "h.jsonl"
     _write(path, reports, [0, 1, 2])
-    # Resumed from the epoch-0 checkpoint: epoch 1 is analyzed again and comes out different.
+    # Resumed from the epoch-0 checkpoint: epoch 1 is analyzed again (at the same step) and comes out different.
     with HistoryWriter(path) as writer:
-        writer.write(reports[3], epoch=1, step=999)
+        writer.write(reports[3], epoch=1, step=200)
     rows = load_history(path, as_pandas=False)
     assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     epoch1 = [r for r in rows if r["epoch"] == 1]
-    assert all(r["step"] == 999 for r in epoch1)
+    assert all(r["step"] == 200 for r in epoch1)
     assert [r["layer"] for r in epoch1] == list(LAYERS)
     assert same(epoch1[0]["alpha"], reports[3]["encoder.fc1"].alpha)
     assert len(load_history(path, as_pandas=False, dedupe=False)) == 12
     # the top-level function is the same function, dedupe included
     assert len(ww_callbacks.load_history(path, as_pandas=False, dedupe=False)) == 12
     assert ww_callbacks.load_history(path, as_pandas=False) == rows
+
+
+def test_several_analyses_in_one_epoch_are_all_kept(tmp_path, reports):
+    # A step schedule (the Hugging Face callback's every_n_steps) analyzes several times per epoch.
+    path = tmp_path / "h.jsonl"
+    with HistoryWriter(path) as writer:
+        for step in (30, 10, 20):
+            writer.write(reports[step // 10], epoch=0, step=step)
+        writer.write(reports[0], epoch=0, step=20)  # a resumed run re-analyzes step 20: the newer line wins
+    rows = load_history(path, as_pandas=False)
+    assert [r["step"] for r in rows] == [10] * 3 + [20] * 3 + [30] * 3
+    assert same(rows[3]["alpha"], reports[0]["encoder.fc1"].alpha)
+    summaries = summarize_history(rows)
+    assert [(s["epoch"], s["step"]) for s in summaries] == [(0, 10), (0, 20), (0, 30)]
+    assert same(summaries[0]["alpha"], reports[1].summary["alpha"])
 
 
 def test_truncated_last_line_is_skipped_and_cut_before_appending(tmp_path, reports, caplog):

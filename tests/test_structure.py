@@ -25,6 +25,7 @@ CALLBACKS = [
     pytest.param("ww_callbacks.lightning", {"run_on"}, id="lightning"),
     pytest.param("ww_callbacks.pytorch_lightning", {"run_on"}, id="pytorch_lightning"),
     pytest.param("ww_callbacks.keras", {"restore_best_weights"}, id="keras", marks=pytest.mark.keras),
+    pytest.param("ww_callbacks.transformers", {"every_n_steps"}, id="transformers"),
 ]
 
 

@@ -43,13 +43,13 @@ def load_history(path: Any, *, as_pandas: bool | None = None, dedupe: bool = Tru
     """Read a ``ww_history.jsonl`` file written by the callbacks: `ww_callbacks.sinks.history.load_history`.
 
     ``as_pandas``: a DataFrame (True), a list of dicts (False), or a DataFrame when pandas is installed (None).
-    ``dedupe``: keep only the last line written for each (epoch, layer), as a resumed run re-analyzes epochs.
+    ``dedupe``: keep only the last line written for each (epoch, step, layer), as a resumed run re-analyzes.
 
     Example:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "h.jsonl")
-        >>> line = '{"epoch": 0, "step": %d, "layer": "fc"}\\n'
-        >>> _ = open(path, "w").write(line % 1 + line % 2)  # epoch 0 analyzed twice (a resumed run)
+        >>> line = '{"epoch": 0, "step": 5, "layer": "fc", "alpha": %d}\\n'
+        >>> _ = open(path, "w").write(line % 3 + line % 4)  # step 5 analyzed twice (a resumed run)
         >>> len(load_history(path, as_pandas=False)), len(load_history(path, as_pandas=False, dedupe=False))
         (1, 2)
     """

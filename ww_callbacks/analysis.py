@@ -94,6 +94,18 @@ def analyze(
         return _analyze_stream(model, layers=layers, rng=stream_rng, opts=opts)
     if is_path(model):
         model = load_weights(model)
+    return _analyze_in_memory(
+        model,
+        layers=layers,
+        rng=rng if rng is not None else np.random.default_rng(seed),
+        opts=opts,
+        n_jobs=n_jobs,
+    )
+
+
+def _analyze_in_memory(
+    model: Any, *, layers: Any, rng: RandomSource, opts: AnalysisOptions, n_jobs: int | None
+) -> SpectralReport:
     start = time.perf_counter()
     # No copy: the analysis runs now and never writes into the weights.
     found: Sequence[LayerWeights] = snapshot(model, layers=layers, copy=False)
@@ -102,10 +114,8 @@ def analyze(
             f"no analyzable layer found in {type(model).__name__} (looked for dense, conv1d, conv2d and "
             "embedding layers)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if rng is None:
-        rng = np.random.default_rng(seed)
     results = analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
     report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)

@@ -376,7 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_analyze_parser(sub)
+    _add_history_parser(sub)
+    _add_sweep_parser(sub)
+    return parser
 
+
+def _add_analyze_parser(sub: Any) -> None:
     p = sub.add_parser(
         "analyze",
         help="analyze a saved model (.ckpt, .pt/.pth, .safetensors, .keras, a save_pretrained directory)",
@@ -424,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_analyze)
 
+
+def _add_history_parser(sub: Any) -> None:
     h = sub.add_parser(
         "history",
         help="summarize a ww_history.jsonl file and plot it",
@@ -441,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     _output_option(h, "--json", "the per-epoch summary as JSON")
     h.set_defaults(func=_cmd_history)
 
+
+def _add_sweep_parser(sub: Any) -> None:
+    defaults = AnalysisOptions()
     w = sub.add_parser(
         "sweep",
         help="analyze a series of checkpoints into a history file",
@@ -485,7 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--min-evals", type=int, default=defaults.min_evals, help="as for analyze")
     w.add_argument("--max-evals", type=int, default=defaults.max_evals, help="as for analyze")
     w.set_defaults(func=_cmd_sweep)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

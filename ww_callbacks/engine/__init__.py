@@ -1,7 +1,7 @@
 """The engine under every callback: options, schedule, analysis, results, stopping, sinks and state.
 
 - `WatchOptions` (``options.py``): the options all callbacks share, checked once.
-- `EpochSchedule` and the per-analysis RNG (``schedule.py``): when to analyze and with which shuffles.
+- `EpochSchedule`, `StepSchedule` and the per-analysis RNG (``schedule.py``): when to analyze and with which shuffles.
 - `SpectralMonitor` (``monitor.py``): snapshot -> `ww_callbacks.analyze` -> scalars, history, rule decision,
   sinks (`ww_callbacks.sinks.lifecycle`), checkpoint state.
 - `EngineViews` (``views.py``): the read-only attributes every callback exposes.
@@ -21,7 +21,7 @@ Example:
 
 from .monitor import MonitorResult, SpectralMonitor
 from .options import DEFAULT_METRICS, HISTORY_FILENAME, WatchOptions
-from .schedule import EpochSchedule
+from .schedule import EpochSchedule, StepSchedule
 from .views import EngineViews
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "HISTORY_FILENAME",
     "EngineViews",
     "EpochSchedule",
+    "StepSchedule",
     "MonitorResult",
     "SpectralMonitor",
     "WatchOptions",

@@ -1,7 +1,8 @@
-"""When the engine analyzes: `EpochSchedule` (every n-th epoch) and the per-analysis random generator.
+"""When the engine analyzes: `EpochSchedule` (every n-th epoch), `StepSchedule` (every n-th optimizer step) and
+the per-analysis random generator.
 
-A schedule answers `should_run` for a training position; the callbacks ask it at their epoch-end hook. A step
-schedule (every n optimizer steps) belongs here too, answering for a step instead of an epoch.
+A schedule answers `should_run` for a training position: an epoch index for `EpochSchedule` (asked at the
+callbacks' epoch-end hooks), a count of optimizer steps done for `StepSchedule` (asked after each step).
 
 Example:
     >>> [e for e in range(6) if EpochSchedule(every_n_epochs=2).should_run(e)]
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EpochSchedule", "fresh_seed", "rng_for"]
+__all__ = ["EpochSchedule", "StepSchedule", "fresh_seed", "rng_for"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,30 @@ class EpochSchedule:
     def should_run(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is an analysis epoch: every ``every_n_epochs``-th, counting from 1."""
         return (int(epoch) + 1) % int(self.every_n_epochs) == 0
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Analyze after every ``every_n_steps``-th optimizer step (Lightning ``ModelCheckpoint``'s convention).
+
+    ``should_run(step)`` takes the number of optimizer steps done so far (Lightning's ``global_step`` after the
+    step, Keras' batches seen, the Hugging Face ``state.global_step``) and is true when it is a positive
+    multiple of ``every_n_steps``.
+
+    Example:
+        >>> [s for s in range(7) if StepSchedule(every_n_steps=3).should_run(s)]
+        [3, 6]
+    """
+
+    every_n_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if int(self.every_n_steps) < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {self.every_n_steps}")
+
+    def should_run(self, step: int) -> bool:
+        """Whether ``step`` optimizer steps done is an analysis point: a positive multiple of ``every_n_steps``."""
+        return int(step) > 0 and int(step) % int(self.every_n_steps) == 0
 
 
 def rng_for(seed: int, position: int) -> np.random.Generator:

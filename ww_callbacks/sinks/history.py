@@ -208,16 +208,17 @@ def read_history_rows(path: PathLike) -> list[dict[str, Any]]:
 
 
 def _latest_per_epoch_and_layer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the last row written for each (epoch, layer), ordered by epoch then original layer order.
+    """Keep the last row written for each (epoch, step, layer), ordered by epoch, step, then original layer order.
 
-    A run resumed from an older checkpoint re-analyzes epochs that are already in the file; the newer lines win.
+    A run resumed from an older checkpoint re-analyzes epochs (steps) that are already in the file; the newer
+    lines win. Analyses at different steps of one epoch (a step schedule) are all kept.
     """
-    latest: dict[tuple[Any, Any], tuple[int, dict[str, Any]]] = {}
+    latest: dict[tuple[Any, Any, Any], tuple[int, dict[str, Any]]] = {}
     for index, row in enumerate(rows):
-        key = (row["epoch"], row["layer"])
+        key = (row["epoch"], row["step"], row["layer"])
         first_index = latest[key][0] if key in latest else index
         latest[key] = (first_index, row)
-    ordered = sorted(latest.values(), key=lambda item: (item[1]["epoch"], item[0]))
+    ordered = sorted(latest.values(), key=lambda item: (item[1]["epoch"], item[1]["step"], item[0]))
     return [row for _, row in ordered]
 
 
@@ -228,8 +229,8 @@ def load_history(path: PathLike, *, as_pandas: bool | None = None, dedupe: bool 
         path: the JSON-lines file.
         as_pandas: True for a ``pandas.DataFrame``, False for a list of dicts, None (default) for a DataFrame
             when pandas is importable and a list otherwise.
-        dedupe: keep only the last line written for each (epoch, layer), so epochs re-analyzed after a resume
-            appear once (default True).
+        dedupe: keep only the last line written for each (epoch, step, layer), so epochs re-analyzed after a
+            resume appear once (default True).
 
     Returns:
         One row per layer per analyzed epoch, sorted by epoch, with columns ``epoch``, ``step``, ``layer`` and
@@ -279,7 +280,7 @@ def is_per_layer(rows: Iterable[Mapping[str, Any]]) -> bool:
 
 
 def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS) -> list[dict[str, Any]]:
-    """One summary per analyzed epoch from per-layer history rows: the mean of each metric over the layers
+    """One summary per analysis (epoch and step) from per-layer history rows: the mean of each metric over the layers
     whose status is "success" (NaN where no such layer has a finite value), like `SpectralReport.summary`.
 
     Args:
@@ -287,7 +288,7 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
         metrics: the metrics to average (default `SUMMARY_METRICS`).
 
     Returns:
-        A list sorted by epoch of dicts with ``epoch``, ``step``, ``num_layers``, ``num_summarized``,
+        A list sorted by epoch and step of dicts with ``epoch``, ``step``, ``num_layers``, ``num_summarized``,
         ``num_nonfinite_layers`` (layers whose weights held NaN/Inf) and one key per metric.
 
     Example:
@@ -301,16 +302,16 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
         (4.0, 3, 2)
     """
     metrics = list(metrics)
-    groups: dict[Any, list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, int], list[dict[str, Any]]] = {}
     for row in as_records(history):
-        groups.setdefault(row["epoch"], []).append(row)
+        groups.setdefault((row["epoch"], int(row.get("step", 0))), []).append(row)
     out = []
-    for epoch in sorted(groups):
-        rows = groups[epoch]
+    for epoch, step in sorted(groups):
+        rows = groups[(epoch, step)]
         ok = [r for r in rows if r.get("status", STATUS_SUCCESS) == STATUS_SUCCESS]
         summary: dict[str, Any] = {
             "epoch": epoch,
-            "step": max(int(r.get("step", 0)) for r in rows),
+            "step": step,
             "num_layers": len(rows),
             "num_summarized": len(ok),
             "num_nonfinite_layers": sum(r.get("status") == STATUS_NON_FINITE for r in rows),

@@ -286,7 +286,7 @@ class WandbSink:
         if run is None:
             return
 
-        repeat = self._last_epoch == epoch
+        repeat = self._last_epoch == epoch and self._last_step == step  # the same analysis sent again
         payload: dict[str, Any] = {self.step_metric: step}
         if not repeat:
             self._define_metrics(run, report)
