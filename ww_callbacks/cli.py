@@ -476,7 +476,7 @@ def _add_sweep_parser(sub: Any) -> None:
         "--rule",
         metavar="RULE",
         help="print where this stopping rule would have stopped, e.g. \"Plateau('rand_distance', mode='max', "
-        'patience=3)" (rule classes Plateau, AlphaBelow, AnyOf, AllOf with literal arguments)',
+        'patience=3)" (the rule classes of ww_callbacks.stopping with literal arguments)',
     )
     w.add_argument("--jobs", "-j", type=int, default=None, help="worker processes (default: the CPU count)")
     w.add_argument(

@@ -767,6 +767,8 @@ class TrapsAppear(StoppingRule):
 class _ReplayReport(SpectralReport):
     """A report rebuilt from history rows; its summary is computed once (replays read it many times)."""
 
+    step: int | None = None  # the training step the analysis belongs to (history rows' ``step``)
+
     @functools.cached_property
     def summary(self) -> dict[str, float]:  # type: ignore[override]
         return SpectralReport.summary.fget(self)  # type: ignore[attr-defined,no-any-return]
@@ -781,12 +783,13 @@ def _finite_any(rows: Sequence[Mapping[str, Any]], column: str) -> bool:
 
 
 def history_reports(history: Any) -> list[tuple[int, SpectralReport]]:
-    """The spectral report of every analyzed epoch in a history: ``[(epoch, report), ...]`` sorted by epoch.
+    """The spectral report of every analysis in a history: ``[(epoch, report), ...]`` sorted by epoch and step.
 
     ``history`` is a history file (the callbacks' ``ww_history.jsonl``), its per-layer rows (a list of dicts or
     a DataFrame, as `ww_callbacks.load_history` returns them; JSON ``null`` or None read as NaN), or already a
-    sequence of ``(epoch, SpectralReport)`` pairs or of reports (epochs 0, 1, ...). Rows repeated for an
-    (epoch, layer) keep the last one, as in `load_history`. The reports' options (``randomize``, ``traps``,
+    sequence of ``(epoch, SpectralReport)`` pairs or of reports (epochs 0, 1, ...). An analysis is an (epoch,
+    step) pair, so step schedules give several per epoch; rows repeated for an (epoch, step, layer) keep the last
+    one, as in `load_history`. The reports' options (``randomize``, ``traps``,
     ``mp_fit``) are inferred from which columns hold values, and the per-layer eigenvalues are not in a history:
     a rule sees exactly the scalars the callback wrote.
 
@@ -819,13 +822,15 @@ def history_reports(history: Any) -> list[tuple[int, SpectralReport]]:
             "history must be a history file, per-layer rows with 'epoch' and 'layer', or SpectralReports"
         )
     float_columns = {f.name for f in dataclasses.fields(LayerResult) if f.type in ("float", float)}
-    latest: dict[tuple[int, str], tuple[int, Mapping[str, Any]]] = {}
+    # One analysis per (epoch, step): step schedules analyze several times an epoch. Repeated rows of an
+    # analysis (a resumed run) keep the last one, in the position of the first.
+    latest: dict[tuple[int, int, str], tuple[int, Mapping[str, Any]]] = {}
     for index, row in enumerate(items):
-        key = (int(row["epoch"]), str(row["layer"]))
+        key = (int(row["epoch"]), int(row.get("step") or 0), str(row["layer"]))
         latest[key] = (latest[key][0] if key in latest else index, row)
-    by_epoch: dict[int, list[tuple[int, Mapping[str, Any]]]] = {}
-    for (epoch, _), pair in latest.items():
-        by_epoch.setdefault(epoch, []).append(pair)
+    by_analysis: dict[tuple[int, int], list[tuple[int, Mapping[str, Any]]]] = {}
+    for (epoch, step, _), pair in latest.items():
+        by_analysis.setdefault((epoch, step), []).append(pair)
     traps = _finite_any(items, "num_traps")
     options = {
         "randomize": traps or _finite_any(items, "rand_distance"),
@@ -833,9 +838,9 @@ def history_reports(history: Any) -> list[tuple[int, SpectralReport]]:
         "mp_fit": _finite_any(items, "mp_softrank"),
     }
     out: list[tuple[int, SpectralReport]] = []
-    for epoch in sorted(by_epoch):
+    for epoch, step in sorted(by_analysis):
         layers: list[LayerResult] = []
-        for _, row in sorted(by_epoch[epoch], key=lambda pair: pair[0]):
+        for _, row in sorted(by_analysis[(epoch, step)], key=lambda pair: pair[0]):
             values = dict(row)
             for column in float_columns:
                 value = values.get(column)
@@ -848,7 +853,9 @@ def history_reports(history: Any) -> list[tuple[int, SpectralReport]]:
             values.setdefault("N", 0)
             values.setdefault("M", 0)
             layers.append(LayerResult.from_dict(values))
-        out.append((epoch, _ReplayReport(layers=layers, options=dict(options))))
+        report = _ReplayReport(layers=layers, options=dict(options))
+        report.step = step
+        out.append((epoch, report))
     return out
 
 
@@ -860,7 +867,8 @@ class Replay:
     callbacks' files), None if it never did; ``decision`` is that decision. ``restore_epoch`` is the epoch whose
     weights it would keep: the best epoch of its monitored metric up to the stop (what the Keras callback's
     ``restore_best_weights`` restores), or the stop (or last) epoch for a rule that monitors nothing.
-    ``decisions`` holds every ``(epoch, decision)`` up to the stop.
+    ``decisions`` holds every ``(epoch, decision)`` up to the stop. ``stop_step`` is the training step of the
+    stopping analysis when the history records steps (None otherwise).
 
     Example:
         >>> Replay(stop_epoch=None, restore_epoch=4, decision=None, decisions=()).stopped
@@ -871,6 +879,7 @@ class Replay:
     restore_epoch: int | None
     decision: StopDecision | None
     decisions: tuple[tuple[int, StopDecision], ...]
+    stop_step: int | None = None
 
     @property
     def stopped(self) -> bool:
@@ -900,12 +909,13 @@ def replay(rule: StoppingRule, history: Any, *, reset: bool = True) -> Replay:
     decisions: list[tuple[int, StopDecision]] = []
     seen: list[dict[str, Any]] = []
     stop: int | None = None
+    stop_step: int | None = None
     for epoch, report in history_reports(history):
         decision = rule.update(report, epoch=epoch)
         decisions.append((epoch, decision))
         seen.append({"epoch": epoch, **report.summary})
         if decision.stop:
-            stop = epoch
+            stop, stop_step = epoch, getattr(report, "step", None)
             break
     restore = rule.best_epoch(seen) if seen else None
     if restore is None and seen:
@@ -915,6 +925,7 @@ def replay(rule: StoppingRule, history: Any, *, reset: bool = True) -> Replay:
         restore_epoch=restore,
         decision=decisions[-1][1] if stop is not None else None,
         decisions=tuple(decisions),
+        stop_step=stop_step,
     )
 
 

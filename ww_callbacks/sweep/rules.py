@@ -4,7 +4,8 @@ The rule syntax is one Python-like call expression built only from the rule clas
 and literal arguments::
 
     RULE    := NAME "(" [ARG ("," ARG)*] ")"
-    NAME    := Plateau | AlphaBelow | AnyOf | AllOf
+    NAME    := a rule class of ww_callbacks.stopping (Plateau, AlphaBelow, NonFinite, Slowdown, LayersPlateau,
+               TrapsAppear, AnyOf, AllOf)
     ARG     := LITERAL | NAME=LITERAL | RULE          (rules only inside AnyOf/AllOf)
     LITERAL := a number, a string, True/False/None, or a tuple/list of those
 
@@ -19,26 +20,31 @@ Example:
     >>> parse_rule("__import__('os').system('true')")
     Traceback (most recent call last):
     ...
-    ValueError: rule: only calls of AllOf, AlphaBelow, AnyOf, Plateau are allowed, not __import__('os').system
+    ValueError: rule: only calls of AllOf, AlphaBelow, AnyOf, LayersPlateau, NonFinite, Plateau, Slowdown, TrapsAppear are allowed, not __import__('os').system
 """
 
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..spectral.catalog import SUMMARY_METRICS
-from ..spectral.report import LayerResult, SpectralReport
-from ..stopping import AllOf, AlphaBelow, AnyOf, Plateau, StopDecision, StoppingRule
+from .. import stopping
+from ..spectral.catalog import METRICS
+from ..stopping import StoppingRule, history_reports, replay
 
-__all__ = ["RULES", "RuleReplay", "monitored_metrics", "parse_rule", "replay_rule", "reports_from_history"]
+__all__ = ["RULES", "RuleReplay", "monitored_metrics", "parse_rule", "replay_rule"]
 
-#: The rule classes the syntax knows, by name.
-RULES: Mapping[str, type[StoppingRule]] = {cls.__name__: cls for cls in (AllOf, AlphaBelow, AnyOf, Plateau)}
-_COMBINERS = (AnyOf, AllOf)
+#: The rule classes the syntax knows, by name: every rule `ww_callbacks.stopping` exports.
+RULES: Mapping[str, type[StoppingRule]] = {
+    name: obj
+    for name in stopping.__all__
+    if isinstance(obj := getattr(stopping, name), type)
+    and issubclass(obj, StoppingRule)
+    and obj is not StoppingRule
+}
+_COMBINERS = (stopping.AnyOf, stopping.AllOf)
 
 
 def _build(node: ast.AST) -> StoppingRule:
@@ -94,41 +100,6 @@ def parse_rule(text: str) -> StoppingRule:
     return _build(tree.body)
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def reports_from_history(rows: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, SpectralReport, str]]:
-    """One (epoch, step, `SpectralReport`, checkpoint) per analyzed epoch, in epoch order, from per-layer rows
-    (`ww_callbacks.load_history`, de-duplicated). The options the summaries depend on (``randomize``,
-    ``mp_fit``) are read off the rows: a metric counts as computed when any layer has a finite value of it.
-
-    Example:
-        >>> rows = [{"epoch": 0, "step": 5, "layer": "fc", "layer_id": 1, "name": "fc", "longname": "fc",
-        ...          "layer_type": "dense", "N": 9, "M": 4, "status": "success", "alpha": 3.0}]
-        >>> [(e, s, r.summary["alpha"]) for e, s, r, _ in reports_from_history(rows)]
-        [(0, 5, 3.0)]
-    """
-    by_epoch: dict[int, list[Mapping[str, Any]]] = {}
-    for row in rows:
-        by_epoch.setdefault(int(row["epoch"]), []).append(row)
-    options = {
-        "randomize": any(math.isfinite(_float(r.get("rand_distance"))) for r in rows),
-        "mp_fit": any(math.isfinite(_float(r.get("mp_softrank"))) for r in rows),
-    }
-    out = []
-    for epoch in sorted(by_epoch):
-        group = by_epoch[epoch]
-        layers = [LayerResult.from_dict(row) for row in group]
-        step = max(int(row.get("step", 0)) for row in group)
-        checkpoint = str(group[0].get("checkpoint", ""))
-        out.append((epoch, step, SpectralReport(layers=layers, options=dict(options)), checkpoint))
-    return out
-
-
 @dataclass(frozen=True)
 class RuleReplay:
     """Where a rule would have stopped: the first analyzed epoch whose decision was "stop" (None: never).
@@ -158,29 +129,39 @@ class RuleReplay:
 
 
 def replay_rule(rule: StoppingRule, rows: Sequence[Mapping[str, Any]]) -> RuleReplay:
-    """Feed a fresh ``rule`` the history's analyses epoch by epoch, as the callbacks would have, and say where
-    it would have stopped. A rule that needs a metric the history lacks raises `ValueError`.
+    """Feed a fresh ``rule`` the history's analyses in order, as the callbacks would have, and say where it
+    would have stopped (`ww_callbacks.stopping.replay`, plus the checkpoint of that analysis). A rule that
+    needs a metric the history lacks raises `ValueError`.
 
     Example:
         >>> rows = [{"epoch": e, "step": e, "layer": "fc", "layer_id": 1, "name": "fc", "longname": "fc",
         ...          "layer_type": "dense", "N": 9, "M": 4, "status": "success", "alpha": a}
         ...         for e, a in enumerate([3.0, 2.5, 1.9, 1.8])]
+        >>> from ww_callbacks.stopping import AlphaBelow
         >>> replay_rule(AlphaBelow(2.0), rows).epoch
         2
     """
-    rule.reset()
-    epochs = reports_from_history(rows)
-    for epoch, step, report, checkpoint in epochs:
+    reports = history_reports(rows)
+    for _, report in reports[:1]:
         missing = [m for m in monitored_metrics(rule) if m not in report.summary]
         if missing:
             raise ValueError(
                 f"rule {rule!r} monitors {missing[0]!r}, which the history does not have "
                 f"(the sweep ran without the option it needs)"
             )
-        decision: StopDecision = rule.update(report, epoch=epoch)
-        if decision.stop:
-            return RuleReplay(repr(rule), epoch, step, checkpoint, decision.reason, len(epochs))
-    return RuleReplay(repr(rule), None, None, "", "", len(epochs))
+    result = replay(rule, reports)
+    if not result.stopped or result.decision is None:
+        return RuleReplay(repr(rule), None, None, "", "", len(reports))
+    step = result.stop_step
+    checkpoint = next(
+        (
+            str(row.get("checkpoint", ""))
+            for row in rows
+            if int(row["epoch"]) == result.stop_epoch and (step is None or int(row.get("step") or 0) == step)
+        ),
+        "",
+    )
+    return RuleReplay(repr(rule), result.stop_epoch, step, checkpoint, result.decision.reason, len(reports))
 
 
 def monitored_metrics(rule: StoppingRule) -> list[str]:
@@ -193,4 +174,4 @@ def monitored_metrics(rule: StoppingRule) -> list[str]:
     children = getattr(rule, "rules", None)
     if children:
         return [m for child in children for m in monitored_metrics(child)]
-    return [rule.monitor] if rule.monitor in SUMMARY_METRICS else []
+    return [rule.monitor] if rule.monitor is not None and rule.monitor in METRICS else []
