@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from .distributed import Collective, TorchCollective, analyze_shared, has_sharded_layers
 from .layers import LayerWeights, snapshot
 from .spectral.layer import analyze_layers
 from .spectral.options import AnalysisOptions
-from .spectral.report import SpectralReport
+from .spectral.report import LayerResult, SpectralReport
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ def analyze(
     n_random: int = _DEFAULTS.n_random,
     traps: bool = _DEFAULTS.traps,
     n_jobs: int | None = None,
+    collective: Collective | None = None,
+    shard_layers: bool = True,
 ) -> SpectralReport:
     """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
 
@@ -66,6 +69,10 @@ def analyze(
             (``rand_num_spikes``/``num_traps``, ``rand_*``). ``False`` skips that (about half the cost of
             randomizing; the callbacks' default) and leaves those columns NaN.
         n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them).
+        collective: share the work with the other ranks (a `ww_callbacks.distributed.Collective`); then a
+            collective call: every rank calls it and all get the single-process report. DTensor weights (FSDP2,
+            tensor parallel) always take torch.distributed's world, like ``full_tensor()`` (never a local shard).
+        shard_layers: with a collective, ranks analyze cost-balanced shares (False: rank 0 analyzes all).
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -93,9 +100,30 @@ def analyze(
             RuntimeWarning,
             stacklevel=2,
         )
-    if rng is None:
-        rng = np.random.default_rng(seed)
-    results = analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
+    rng = np.random.default_rng(seed) if rng is None else rng
+    results = _analyze_found(
+        found, rng, opts, collective=collective, shard_layers=shard_layers, n_jobs=n_jobs
+    )
     report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)
     return report
+
+
+def _analyze_found(
+    found: Sequence[LayerWeights],
+    rng: RandomSource,
+    opts: AnalysisOptions,
+    *,
+    collective: Collective | None,
+    shard_layers: bool,
+    n_jobs: int | None,
+) -> list[LayerResult]:
+    """In this process, or shared with the other ranks (always for DTensor weights: a collective)."""
+    if collective is None and has_sharded_layers(found):
+        collective = TorchCollective()
+    if collective is None:
+        return analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
+    results, _ = analyze_shared(
+        found, rng=rng, opts=opts, collective=collective, shard=shard_layers, n_jobs=n_jobs
+    )
+    return results
