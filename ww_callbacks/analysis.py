@@ -69,10 +69,9 @@ def analyze(
             (``rand_num_spikes``/``num_traps``, ``rand_*``). ``False`` skips that (about half the cost of
             randomizing; the callbacks' default) and leaves those columns NaN.
         n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them).
-        collective: share the work with the other ranks (a `ww_callbacks.distributed.Collective`); then a
-            collective call: every rank calls it and all get the single-process report. DTensor weights (FSDP2,
-            tensor parallel) always take torch.distributed's world, like ``full_tensor()`` (never a local shard).
-        shard_layers: with a collective, ranks analyze cost-balanced shares (False: rank 0 analyzes all).
+        collective, shard_layers: share the layers with the other ranks (`ww_callbacks.distributed`): a
+            collective call, each rank gets the single-process report. DTensor weights (FSDP2, tensor parallel)
+            take torch.distributed's world by default, like ``full_tensor()``; a shard is never analyzed.
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -101,10 +100,11 @@ def analyze(
             stacklevel=2,
         )
     rng = np.random.default_rng(seed) if rng is None else rng
-    results = _analyze_found(
-        found, rng, opts, collective=collective, shard_layers=shard_layers, n_jobs=n_jobs
-    )
-    report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
+    results, shared = _analyze_found(found, rng, opts, collective, shard_layers=shard_layers, n_jobs=n_jobs)
+    elapsed = (
+        time.perf_counter() - start if shared is None else shared
+    )  # shared: the slowest rank's, everywhere
+    report = SpectralReport(layers=results, elapsed=elapsed, options=opts.as_dict())
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)
     return report
 
@@ -113,17 +113,15 @@ def _analyze_found(
     found: Sequence[LayerWeights],
     rng: RandomSource,
     opts: AnalysisOptions,
-    *,
     collective: Collective | None,
+    *,
     shard_layers: bool,
     n_jobs: int | None,
-) -> list[LayerResult]:
-    """In this process, or shared with the other ranks (always for DTensor weights: a collective)."""
+) -> tuple[list[LayerResult], float | None]:
+    """In this process, or shared with the other ranks (always for DTensor weights: a collective); with the
+    slowest rank's seconds when shared, so that every rank's report is the same."""
     if collective is None and has_sharded_layers(found):
         collective = TorchCollective()
     if collective is None:
-        return analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
-    results, _ = analyze_shared(
-        found, rng=rng, opts=opts, collective=collective, shard=shard_layers, n_jobs=n_jobs
-    )
-    return results
+        return analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs), None
+    return analyze_shared(found, rng=rng, opts=opts, collective=collective, shard=shard_layers, n_jobs=n_jobs)

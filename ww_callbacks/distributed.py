@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +37,8 @@ from .layers import LayerWeights
 from .spectral.layer import analyze_layer, analyze_layers, analyze_with_generators, layer_rngs
 from .spectral.options import AnalysisOptions
 from .spectral.report import STATUS_ERROR, LayerResult
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Collective",
@@ -155,6 +159,7 @@ def analyze_shared(
     one_rank = legacy or not shard or collective.world_size == 1
     owners = [0] * len(layers) if one_rank else assign_layers(layers, collective.world_size)
     rank = collective.rank
+    log.debug("rank %d analyzes layers %s", rank, [i for i, owner in enumerate(owners) if owner == rank])
     if not has_sharded_layers(layers):
         mine = [i for i, owner in enumerate(owners) if owner == rank]
         if legacy:  # everything on rank 0, one layer after another
@@ -220,7 +225,7 @@ def _analyze_in_rounds(
             layer = layers[index]
             if _needs_gather(layer):
                 try:
-                    layer = layer.extra["gather"]()  # every rank takes part, even if not the owner
+                    layer = _gathered(layer)  # every rank takes part, even if not the owner
                 except Exception as exc:
                     results[index] = _gather_failed(layers[index], exc)
                     continue
@@ -235,6 +240,12 @@ def _analyze_in_rounds(
 
 def _needs_gather(lw: LayerWeights) -> bool:
     return "gather" in lw.extra
+
+
+def _gathered(lw: LayerWeights) -> LayerWeights:
+    """The placeholder ``lw`` with the gathered matrices (its labels, parity and ties stay as they are)."""
+    extra = {k: v for k, v in lw.extra.items() if k != "gather"}
+    return dataclasses.replace(lw, matrices=lw.extra["gather"](), extra=extra)
 
 
 def _gather_failed(lw: LayerWeights, exc: Exception) -> LayerResult:

@@ -41,7 +41,7 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
     Sharded weights: a DTensor weight (FSDP2 ``fully_shard``, tensor parallel) is never read as its local shard.
     Its layer is built on a ``meta`` tensor of the full shape (so names, N, M and slices are known without any
     communication), with ``extra["gather"]``: a callable that gathers the full weight (``full_tensor()``, a
-    collective: every rank of the mesh must call it, in the same order) and returns the real `LayerWeights`;
+    collective: every rank of the mesh must call it, in the same order) and returns the real ``matrices``;
     `ww_callbacks.analyze` and the callbacks do that one layer at a time. FSDP1 (``FullyShardedDataParallel``)
     and DeepSpeed ZeRO-3 parameters raise ``TypeError``.
 
@@ -219,14 +219,13 @@ class _ShardedPart:
 
 
 class _Gather:
-    """``extra["gather"]`` of a sharded layer: gathers the weight and builds the real `LayerWeights`."""
+    """``extra["gather"]`` of a sharded layer: gathers the weight and returns the layer's real ``matrices``."""
 
-    def __init__(self, source: _ShardedPart, make: Callable[..., LayerWeights], parity: bool) -> None:
-        self._source, self._make, self._parity = source, make, parity
+    def __init__(self, source: _ShardedPart, make: Callable[..., LayerWeights]) -> None:
+        self._source, self._make = source, make
 
-    def __call__(self) -> LayerWeights:
-        layer = self._make(self._source.gather(), copy=False)  # the gathered tensor is ours already
-        return layer if self._parity else _without_parity(layer)
+    def __call__(self) -> Any:
+        return self._make(self._source.gather(), copy=False).matrices  # the gathered tensor is ours already
 
 
 def _is_dtensor(tensor: Any) -> bool:
@@ -240,7 +239,7 @@ def _is_sharded(weight: Any) -> bool:
 
 def _sharded_layer(weight: _ShardedPart, make: Callable[..., LayerWeights], torch: Any) -> LayerWeights:
     layer = make(weight.meta(torch), copy=False)
-    return dataclasses.replace(layer, extra={**layer.extra, "gather": _Gather(weight, make, layer.ww_parity)})
+    return dataclasses.replace(layer, extra={**layer.extra, "gather": _Gather(weight, make)})
 
 
 def _identity(weight: Any) -> tuple[Any, ...] | None:
