@@ -52,18 +52,6 @@ class _Shares(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _fsdp1_error(plain: nn.Module) -> str:
-    """What analyze says about an FSDP1-wrapped model (flat local shards)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    wrapped = FullyShardedDataParallel(copy.deepcopy(plain))
-    try:
-        ww_callbacks.analyze(wrapped, seed=0)
-    except TypeError as exc:
-        return str(exc)
-    return "no error"
-
-
 def run(rank: int, out: str, port: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -93,7 +81,6 @@ def run(rank: int, out: str, port: str) -> None:
             (r.status, r.reason) for r in analyze_layers(snapshot(model), rng=np.random.default_rng(0))
         ],
         "shares": shares.lines,
-        "fsdp1": _fsdp1_error(plain),
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
