@@ -20,10 +20,14 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 if __name__ == "__main__":  # before numpy/torch load their thread pools (the spawned processes inherit it)
     _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    # large blocks straight from mmap, returned to the OS when freed: the high-water mark of a warmed-up process
+    # then shows the analysis' own peak, not pages the allocator kept from earlier runs
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -43,7 +47,7 @@ def encoder(d: int = 512, blocks: int = 4, vocab: int = 8000) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def wide(side: int = 1536, count: int = 6) -> nn.Module:
+def wide(side: int, count: int = 6) -> nn.Module:
     return nn.Sequential(*[nn.Linear(side, side) for _ in range(count)])
 
 
@@ -77,13 +81,20 @@ def _timing(rank: int, port: str, repeats: int, out: dict) -> None:
     model = encoder()
     collective = TorchCollective()
     times: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     for repeat in range(repeats):
         for shard in (True, False) if repeat % 2 else (False, True):  # interleaved, alternating order
             dist.barrier()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             ww_callbacks.analyze(model, seed=repeat, traps=False, collective=collective, shard_layers=shard)
             times[shard].append(time.perf_counter() - start)
+            cpu[shard].append(time.thread_time() - start_cpu)
+    # the busiest rank's CPU seconds: what the wall time would be on otherwise idle cores
+    busiest: list[Any] = [None, None]
+    dist.all_gather_object(busiest, cpu)
     if rank == 0:
+        out.update(cpu_shared=[max(a, b) for a, b in zip(busiest[0][True], busiest[1][True], strict=True)])
+        out.update(cpu_alone=[max(a, b) for a, b in zip(busiest[0][False], busiest[1][False], strict=True)])
         layers = snapshot(model)
         owners = assign_layers(layers, 2)
         loads = [sum(layer_cost(lw) for lw, o in zip(layers, owners, strict=True) if o == r) for r in (0, 1)]
@@ -91,23 +102,34 @@ def _timing(rank: int, port: str, repeats: int, out: dict) -> None:
     dist.destroy_process_group()
 
 
-def _memory(rank: int, port: str, out: dict) -> None:
+def _memory(rank: int, port: str, side: int, out: dict) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     _init(rank, port)
     torch.manual_seed(0)
-    model = wide()
+    model = wide(side)
     mesh = init_device_mesh("cpu", (2,))
     for layer in model:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    _warm_up(mesh)
     peak = _peak_extra_mib(lambda: ww_callbacks.analyze(model, seed=0, traps=False))
     gathered: list[object] = [None, None]
     dist.all_gather_object(gathered, peak)
     if rank == 0:
         out["peaks"] = gathered
     dist.destroy_process_group()
+
+
+def _warm_up(mesh: Any = None) -> None:
+    """One small analysis first: lazy imports (scipy), DTensor dispatch and gloo buffers are not the peak."""
+    from torch.distributed.fsdp import fully_shard
+
+    small = nn.Sequential(nn.Linear(1100, 1000))
+    if mesh is not None:
+        fully_shard(small, mesh=mesh)
+    ww_callbacks.analyze(small, seed=0, traps=False)
 
 
 def _spawn(target, *args) -> dict:
@@ -126,45 +148,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--plain-peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sides", type=int, nargs="+", default=[1536, 3072], help="layer sides, memory part")
+    parser.add_argument("--no-timing", action="store_true", help="only the memory part")
+    parser.add_argument("--plain-peak", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_peak:  # one process, the unsharded model: the analysis' own workspace
         torch.manual_seed(0)
-        model = wide()
+        model = wide(args.plain_peak)
+        _warm_up()
         print(_peak_extra_mib(lambda: ww_callbacks.analyze(model, seed=0, traps=False)))
         return
     load = os.getloadavg()
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; threads per process: {args.threads}")
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; threads per process: {args.threads}"
+    )
+    if not args.no_timing:
+        _print_timing(_spawn(_timing, args.repeats), args.repeats)
+    for side in args.sides:
+        _print_memory(side, _spawn(_memory, side)["peaks"], args.threads)
+    load = os.getloadavg()
+    print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
-    t = _spawn(_timing, args.repeats)
+
+def _print_timing(t: dict, repeats: int) -> None:
     alone, shared = statistics.median(t["alone"]), statistics.median(t["shared"])
-    print(f"\n1. sharing, encoder d=512 x4 blocks + embedding 8000x512 ({t['n']} layers), {args.repeats} runs each")
+    cpu_alone, cpu_shared = statistics.median(t["cpu_alone"]), statistics.median(t["cpu_shared"])
+    print(
+        f"\n1. sharing, encoder d=512 x4 blocks + embedding 8000x512 ({t['n']} layers), {repeats} runs each"
+    )
     print(f"   largest share of the cost: {t['balance']:.3f}")
-    print(f"   {'rank 0 alone':>14} {'shared':>8} {'ratio':>6}")
-    print(f"   {alone:>13.3f}s {shared:>7.3f}s {shared / alone:>5.2f}x")
+    print(f"   {'':<34} {'rank 0 alone':>12} {'shared':>8} {'ratio':>6}")
+    print(
+        f"   {'wall time per analysis (rank 0)':<34} {alone:>11.3f}s {shared:>7.3f}s {shared / alone:>5.2f}x"
+    )
+    print(
+        f"   {'CPU time of the busiest rank':<34} {cpu_alone:>11.3f}s {cpu_shared:>7.3f}s "
+        f"{cpu_shared / cpu_alone:>5.2f}x"
+    )
     print(f"   runs alone:  {' '.join(f'{x:.3f}' for x in t['alone'])}")
     print(f"   runs shared: {' '.join(f'{x:.3f}' for x in t['shared'])}")
 
-    m = _spawn(_memory)
+
+def _print_memory(side: int, peaks: list[float], threads: int) -> None:
     import subprocess
 
     plain = float(
         subprocess.run(
-            [sys.executable, __file__, "--plain-peak", "--threads", str(args.threads)],
+            [sys.executable, __file__, "--plain-peak", str(side), "--threads", str(threads)],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     )
-    largest = 1536 * 1536 * 8 / 2**20
-    whole = 6 * 1536 * 1536 * 4 / 2**20
-    print("\n2. FSDP2 gathering, 6 x Linear(1536, 1536) fully_shard-ed over 2 ranks")
+    largest = side * side * 8 / 2**20
+    whole = 6 * side * side * 4 / 2**20
+    print(f"\n2. FSDP2 gathering, 6 x Linear({side}, {side}) fully_shard-ed over 2 ranks")
     print(f"   largest layer in float64: {largest:.1f} MiB; whole model (float32): {whole:.1f} MiB")
-    for rank, peak in enumerate(m["peaks"]):
-        print(f"   rank {rank}: peak extra {peak:.1f} MiB = {peak / largest:.2f}x the largest layer in float64")
+    for rank, peak in enumerate(peaks):
+        print(
+            f"   rank {rank}: peak extra {peak:.1f} MiB = {peak / largest:.2f}x the largest layer in float64"
+        )
     print(f"   one process, unsharded model: peak extra {plain:.1f} MiB = {plain / largest:.2f}x")
-    load = os.getloadavg()
-    print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":
