@@ -243,8 +243,10 @@ def _needs_gather(lw: LayerWeights) -> bool:
 
 
 def _gathered(lw: LayerWeights) -> LayerWeights:
-    """The placeholder ``lw`` with the gathered matrices (its labels, parity and ties stay as they are)."""
+    """The placeholder ``lw`` with the gathered matrices (its labels, parity and ties stay as they are); they are
+    this rank's own copy, which the analysis may shuffle in place (``disposable``: one float32 layer less)."""
     extra = {k: v for k, v in lw.extra.items() if k != "gather"}
+    extra["disposable"] = True
     return dataclasses.replace(lw, matrices=lw.extra["gather"](), extra=extra)
 
 

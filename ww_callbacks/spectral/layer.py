@@ -80,7 +80,9 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
         # large layers, where the eigenvalues dominate the cost)
         draws = max(replicas, opts.n_random)
-        copies = esd.shuffled_copies(lw.matrices, rng, draws)
+        # a gathered copy of a sharded layer (``extra["disposable"]``) is not needed after this: shuffle it
+        disposable = bool(lw.extra.get("disposable"))
+        copies = esd.shuffled_copies(lw.matrices, rng, draws, in_place=disposable)
         evals = esd.slice_eigenvalues(copies, lw.scale)
         del copies
         rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
