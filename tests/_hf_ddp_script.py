@@ -8,6 +8,7 @@ Every process writes OUT_DIR/rank<r>.json with what it logged and decided.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -39,6 +40,14 @@ class FireOnRankOne(StoppingRule):
 
 def main(out: str) -> None:
     # seed=None on purpose: each process draws its own, process 0's must win
+    shares: list[str] = []  # the "rank r analyzes layers [...]" lines of the shared analysis
+
+    class _Shares(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            shares.append(record.getMessage())
+
+    logging.getLogger("ww_callbacks.distributed").addHandler(_Shares())
+    logging.getLogger("ww_callbacks.distributed").setLevel(logging.DEBUG)
     ww = WeightWatcherCallback(every_n_steps=EVERY, early_stopping=FireOnRankOne())
     args = training_args(out, max_steps=20, ddp_backend="gloo", ddp_find_unused_parameters=False)
     trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=TokenData(n=320), callbacks=[ww])
@@ -54,6 +63,7 @@ def main(out: str) -> None:
         "ww_logs": ww_logs,
         "seed": ww.seed,
         "analysis_time": ww.engine.analysis_time,
+        "shares": shares,
     }
     with open(os.path.join(out, f"rank{result['rank']}.json"), "w") as f:
         json.dump(result, f)

@@ -42,8 +42,14 @@ def test_two_process_ddp_logs_identical_values_and_stops_together(tmp_path):
     assert zero["history"] == one["history"] and zero["last_summary"] == one["last_summary"]
     assert zero["seeds"] == one["seeds"]
 
-    # computed once: rank 1 only received the broadcast report
-    assert zero["analysis_time"] > 0 and one["analysis_time"] == 0
+    # shard_layers=True: each rank analyzed one layer (fc1, the costlier, on rank 0), every epoch; with
+    # shard_layers=False rank 0 analyzed both; per analysis, the stopper's line comes before ww2's
+    assert zero["shares"] == ["rank 0 analyzes layers [0]", "rank 0 analyzes layers [0, 1]"] * 4
+    assert one["shares"] == ["rank 1 analyzes layers [1]", "rank 1 analyzes layers []"] * 4
+    assert zero["analysis_time"] > 0 and one["analysis_time"] > 0
+    # the merged report is the single-process one, exactly (randomized columns included)
+    for rank in ranks:
+        assert rank["last_report"] == rank["reference"] and len(rank["reference"]) == 2
 
     # history file written once (rank 0): one line per layer per analyzed epoch
     lines = (tmp_path / "history.jsonl").read_text().splitlines()

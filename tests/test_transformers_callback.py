@@ -250,11 +250,13 @@ def test_two_processes_stop_at_the_same_step(tmp_path):
     assert (
         one["stop_reason"].startswith("rank 1 says stop") and zero["stop_reason"] == "another process's rule"
     )
-    # one analysis (process 0), broadcast: same seed, same history and log entries everywhere
+    # each process analyzes its share of the layers, merged everywhere: same seed, history and log entries
     assert zero["seed"] == one["seed"]
     assert zero["history"] == one["history"] and [h["step"] for h in zero["history"]] == [2, 4, 6]
     assert zero["ww_logs"] == one["ww_logs"] and len(zero["ww_logs"]) == 3
-    assert zero["analysis_time"] > 0 and one["analysis_time"] == 0
+    assert zero["analysis_time"] > 0 and one["analysis_time"] > 0
+    assert zero["shares"] and one["shares"] and all(line.startswith("rank 1 ") for line in one["shares"])
+    assert any(line != "rank 1 analyzes layers []" for line in one["shares"])
     # the history file is written by the main process only: each analysis once
     rows = load_history(tmp_path / "ww_history.jsonl", as_pandas=False)
     assert [r["step"] for r in rows] == [

@@ -10,6 +10,7 @@ Everything that is not Lightning plumbing lives in the engine (`ww_callbacks.eng
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -20,14 +21,14 @@ from .stopping import StopDecision
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RUN_ON", "LightningWatcherMixin"]
+__all__ = ["RUN_ON", "LightningWatcherMixin", "StrategyCollective"]
 
 #: The hooks the analysis can run at.
 RUN_ON = ("train_epoch_end", "validation_epoch_end")
 
 
 class LightningWatcherMixin(EngineViews):
-    """Lightning hooks around a `SpectralMonitor`: schedule, rank 0 analyzes and broadcasts, log, stop, save.
+    """Lightning hooks around a `SpectralMonitor`: schedule, ranks analyze their shares and merge, log, stop, save.
 
     A concrete callback sets `_rank_zero_info` and `_wandb_logger_cls` for its namespace, calls `_init_watch`
     from ``__init__`` and forwards its hooks: ``setup`` to `_setup_fit`, ``on_fit_start`` to `_open_sinks`,
@@ -56,6 +57,7 @@ class LightningWatcherMixin(EngineViews):
     def _setup_fit(self, trainer: Any, stage: str) -> None:
         if stage != "fit":
             return
+        _refuse_unsupported_strategy(trainer.strategy)
         self._last_epoch_run = None
         if trainer.world_size > 1:
             # Rank 0's seed everywhere (a checkpoint's, loaded later, is the same on every rank anyway).
@@ -104,19 +106,10 @@ class LightningWatcherMixin(EngineViews):
         self.engine.emit(result, epoch=epoch, step=step, is_last=stops or 0 < max_epochs <= epoch + 1)
 
     def _analyze_and_share(self, trainer: Any, pl_module: Any, epoch: int) -> SpectralReport | None:
-        report = self.engine.analyze(pl_module, epoch=epoch) if trainer.is_global_zero else None
         if trainer.world_size <= 1:
-            return report
-        payload = None
-        if report is not None:
-            try:
-                payload = report.to_dict()
-            except Exception as exc:  # never leave the other ranks waiting on a broken report
-                self.engine.warn(f"cannot share the report ({type(exc).__name__}: {exc})")
-        payload = trainer.strategy.broadcast(payload, src=0)
-        if trainer.is_global_zero:
-            return report if payload is not None else None  # rank 0 keeps its eigenvalues
-        return None if payload is None else SpectralReport.from_dict(payload)
+            return self.engine.analyze(pl_module, epoch=epoch)
+        # Every rank analyzes its share (rank 0 all of it with shard_layers=False) and gets the merged report.
+        return self.engine.analyze(pl_module, epoch=epoch, collective=StrategyCollective(trainer))
 
     def _log_metrics(self, trainer: Any, pl_module: Any, result: MonitorResult) -> None:
         distributed = trainer.world_size > 1
@@ -198,3 +191,41 @@ class LightningWatcherMixin(EngineViews):
 
     def __repr__(self) -> str:
         return f"WeightWatcherCallback({self.engine!r}, run_on={self.run_on!r})"
+
+
+class StrategyCollective:
+    """`ww_callbacks.distributed.Collective` over a Lightning trainer's processes: torch.distributed's group
+    that the strategy set up, else the strategy's own ``broadcast`` from each rank in turn.
+
+    Example::
+
+        report = monitor.analyze(pl_module, epoch=trainer.current_epoch, collective=StrategyCollective(trainer))
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        self.rank = int(trainer.global_rank)
+        self.world_size = int(trainer.world_size)
+        self._strategy = trainer.strategy
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            out: list[Any] = [None] * self.world_size
+            dist.all_gather_object(out, obj)
+            return out
+        return [self._strategy.broadcast(obj, src=rank) for rank in range(self.world_size)]
+
+
+def _refuse_unsupported_strategy(strategy: Any) -> None:
+    """Strategies whose ranks hold flat local shards the callback cannot gather: fail before training starts."""
+    name = type(strategy).__name__
+    if name == "FSDPStrategy":
+        raise ValueError(
+            "WeightWatcherCallback does not support FSDPStrategy (FSDP1: flat sharded parameters); use "
+            "ModelParallelStrategy with torch.distributed.fsdp.fully_shard (FSDP2) in configure_model"
+        )
+    if name == "DeepSpeedStrategy" and getattr(strategy, "zero_stage_3", False):
+        raise ValueError(
+            "WeightWatcherCallback does not support DeepSpeedStrategy with ZeRO stage 3 (partitioned "
+            "parameters); use stage 1 or 2, or ModelParallelStrategy (FSDP2)"
+        )

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from .distributed import Collective, TorchCollective, analyze_shared, has_sharded_layers
 from .io import is_model_directory, is_path, load_weights, open_layers
 from .layers import LayerWeights, snapshot
 from .spectral.layer import analyze_layers
 from .spectral.options import AnalysisOptions
-from .spectral.report import SpectralReport
+from .spectral.report import LayerResult, SpectralReport
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def analyze(
     n_random: int = _DEFAULTS.n_random,
     traps: bool = _DEFAULTS.traps,
     n_jobs: int | None = None,
+    collective: Collective | None = None,
+    shard_layers: bool = True,
 ) -> SpectralReport:
     """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
 
@@ -72,6 +75,9 @@ def analyze(
             randomizing; the callbacks' default) and leaves those columns NaN.
         n_jobs: threads over layers (default: up to 2, when the work is large enough to pay for them); a model
             directory is analyzed one layer at a time.
+        collective, shard_layers: share the layers with the other ranks (`ww_callbacks.distributed`): a
+            collective call, each rank gets the single-process report. DTensor weights (FSDP2, tensor parallel)
+            take torch.distributed's world by default, like ``full_tensor()``; a shard is never analyzed.
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -89,22 +95,21 @@ def analyze(
         n_random=n_random,
         traps=traps,
     )
+    rng = np.random.default_rng(seed) if rng is None else rng
     if is_path(model) and is_model_directory(model):
-        stream_rng = rng if rng is not None else np.random.default_rng(seed)
-        return _analyze_stream(model, layers=layers, rng=stream_rng, opts=opts)
-    if is_path(model):
-        model = load_weights(model)
-    return _analyze_in_memory(
-        model,
-        layers=layers,
-        rng=rng if rng is not None else np.random.default_rng(seed),
-        opts=opts,
-        n_jobs=n_jobs,
-    )
+        return _analyze_stream(model, layers=layers, rng=rng, opts=opts)
+    model = load_weights(model) if is_path(model) else model
+    return _analyze_in_memory(model, layers, rng, opts, n_jobs, collective, shard_layers)
 
 
 def _analyze_in_memory(
-    model: Any, *, layers: Any, rng: RandomSource, opts: AnalysisOptions, n_jobs: int | None
+    model: Any,
+    layers: Any,
+    rng: RandomSource,
+    opts: AnalysisOptions,
+    n_jobs: int | None,
+    collective: Collective | None,
+    shard_layers: bool,
 ) -> SpectralReport:
     start = time.perf_counter()
     # No copy: the analysis runs now and never writes into the weights.
@@ -116,8 +121,11 @@ def _analyze_in_memory(
             RuntimeWarning,
             stacklevel=3,
         )
-    results = analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs)
-    report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
+    results, shared = _analyze_found(found, rng, opts, collective, shard_layers=shard_layers, n_jobs=n_jobs)
+    elapsed = (
+        time.perf_counter() - start if shared is None else shared
+    )  # shared: the slowest rank's, everywhere
+    report = SpectralReport(layers=results, elapsed=elapsed, options=opts.as_dict())
     log.debug("analyzed %d layers in %.3fs", len(results), report.elapsed)
     return report
 
@@ -138,3 +146,21 @@ def _analyze_stream(path: Any, *, layers: Any, rng: RandomSource, opts: Analysis
     report = SpectralReport(layers=results, elapsed=time.perf_counter() - start, options=opts.as_dict())
     log.debug("analyzed %d layers of %s in %.3fs", len(results), path, report.elapsed)
     return report
+
+
+def _analyze_found(
+    found: Sequence[LayerWeights],
+    rng: RandomSource,
+    opts: AnalysisOptions,
+    collective: Collective | None,
+    *,
+    shard_layers: bool,
+    n_jobs: int | None,
+) -> tuple[list[LayerResult], float | None]:
+    """In this process, or shared with the other ranks (always for DTensor weights: a collective); with the
+    slowest rank's seconds when shared, so that every rank's report is the same."""
+    if collective is None and has_sharded_layers(found):
+        collective = TorchCollective()
+    if collective is None:
+        return analyze_layers(found, rng=rng, opts=opts, n_jobs=n_jobs), None
+    return analyze_shared(found, rng=rng, opts=opts, collective=collective, shard=shard_layers, n_jobs=n_jobs)

@@ -94,6 +94,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO) each analysis' summary, not only the stop and the restore.
+        shard_layers: a shared option for distributed Lightning runs; no effect here (each Keras worker
+            analyzes its own replica of the weights).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
@@ -136,6 +138,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         media_every_n_epochs: int | None = None,
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
+        shard_layers: bool = True,
     ) -> None:
         super().__init__()
         if history_path is True:

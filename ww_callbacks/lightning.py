@@ -59,9 +59,13 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
     ``trainer.should_stop`` once ``min_epochs``/``min_steps`` are met; ``stopped_epoch`` and ``stop_reason``
     record it and the reason is logged.
 
-    Distributed: rank 0 analyzes and broadcasts the report; every rank then logs the same values, feeds its
-    rule the same report and stops at the same epoch. The shuffles of epoch ``e`` come from
-    ``numpy.random.default_rng([seed, e])``, so they do not depend on the rank or on resuming.
+    Distributed (DDP, ``ModelParallelStrategy`` with FSDP2 ``fully_shard`` / tensor parallel): each rank analyzes
+    a cost-balanced share of the layers (``shard_layers=True``; False: rank 0 analyzes them all) and the results
+    are merged on every rank with the strategy's collectives (``all_gather_object``), so every rank logs the same
+    values, feeds its rule the same report and stops at the same epoch. DTensor weights are gathered one layer
+    at a time by the rank that analyzes it. ``FSDPStrategy`` (FSDP1) and DeepSpeed ZeRO-3 raise ``ValueError``
+    at setup. The shuffles of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``, one child per
+    layer, so they do not depend on the rank, on the sharding or on resuming.
 
     Resuming: ``state_dict()`` keeps the history, the rule's state (patience count ...), the seed and the last
     report; the ``state_key`` includes the prefix, so several instances can share a checkpoint.
@@ -87,6 +91,7 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
         media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO, rank 0) each analysis' summary, not only the stop.
+        shard_layers: share the layers among the ranks of a distributed run (see Distributed above).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
@@ -133,6 +138,7 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
         media_every_n_epochs: int | None = None,
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
+        shard_layers: bool = True,
     ) -> None:
         super().__init__()
         self._init_watch(WatchOptions.pick(locals()), run_on=run_on)

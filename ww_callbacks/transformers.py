@@ -157,8 +157,10 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
     ``eval_steps`` a multiple of ``every_n_steps``) it adds ``eval_{key}`` (the latest value) to the metrics
     of each evaluation, where the Trainer compares them.
 
-    Distributed: process 0 analyzes and broadcasts the report; every process records the same history, feeds
-    its rule the same report and stops at the same step.
+    Distributed (``torchrun``/``accelerate launch``): every process analyzes a cost-balanced share of the layers
+    (``shard_layers=True``; False: process 0 analyzes them all) and the results are merged on every process
+    (`ww_callbacks.distributed`), so every process records the same history, feeds its rule the same report and
+    stops at the same step.
 
     Resuming: the history, the rule's state (patience ...) and the seed are kept in
     ``state.stateful_callbacks["WeightWatcherCallback[{prefix}]"]``, so they are saved in every checkpoint's
@@ -185,6 +187,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         media_every_n_epochs: spacing, in epochs, of the ESD images sent to W&B (None: the sink's default; 0: none).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO, process 0) each analysis' summary, not only the stop.
+        shard_layers: share the layers among the processes of a distributed run (see Distributed above).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work.
@@ -225,6 +228,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         media_every_n_epochs: int | None = None,
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
+        shard_layers: bool = True,
     ) -> None:
         self.engine = SpectralMonitor(WatchOptions.pick(locals()))
         self.steps = None if every_n_steps is None else StepSchedule(int(every_n_steps))
@@ -333,20 +337,14 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         self._save_state(state)
 
     def _analyze_and_share(self, model: Any, step: int) -> SpectralReport | None:
-        first = _process_group() is None or _process_group().get_rank() == 0
-        report = self.engine.analyze(model, epoch=step) if first and model is not None else None
+        if model is None:
+            return None
         if _process_group() is None:
-            return report
-        payload = None
-        if report is not None:
-            try:
-                payload = report.to_dict()
-            except Exception as exc:  # never leave the other processes waiting on a broken report
-                self.engine.warn(f"cannot share the report ({type(exc).__name__}: {exc})")
-        payload = _broadcast(payload)
-        if first:
-            return report if payload is not None else None  # process 0 keeps its eigenvalues
-        return None if payload is None else SpectralReport.from_dict(payload)
+            return self.engine.analyze(model, epoch=step)
+        from .distributed import TorchCollective
+
+        # A collective: every process analyzes its share and gets the merged, single-process report.
+        return self.engine.analyze(model, epoch=step, collective=TorchCollective())
 
     def _log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, values: dict[str, float]

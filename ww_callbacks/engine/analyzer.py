@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..analysis import analyze as _analyze
+from ..distributed import Collective, analyze_shared
 from ..layers import LayerWeights, snapshot
+from ..spectral.options import AnalysisOptions
 from ..spectral.report import SpectralReport
 from .options import WatchOptions
 
@@ -75,10 +78,19 @@ class Analyzer:
         finally:
             self.analysis_time += time.perf_counter() - start
 
-    def analyze(self, model: Any, *, rng: np.random.Generator, epoch: int) -> SpectralReport | None:
-        """The report of ``model`` (a model, a mapping or a snapshot list); None (with a warning) on error."""
+    def analyze(
+        self, model: Any, *, rng: np.random.Generator, epoch: int, collective: Collective | None = None
+    ) -> SpectralReport | None:
+        """The report of ``model`` (a model, a mapping or a snapshot list); None (with a warning) on error.
+
+        With a ``collective`` (a distributed run) this is a collective: every rank calls it at the same point and
+        gets the same report (or None on every rank), even when its own snapshot failed.
+        """
         layers = model if is_layer_list(model) else self.snapshot(model)
         if layers is None:
+            if collective is not None:  # the other ranks wait for this one: tell them, they give up too
+                with contextlib.suppress(RuntimeError):
+                    analyze_shared(None, rng=rng, opts=AnalysisOptions(), collective=collective)
             return None
         opts = self.options
         start = time.perf_counter()
@@ -92,6 +104,8 @@ class Analyzer:
                     mp_fit=opts.mp_fit,
                     n_random=opts.n_random,
                     rng=rng,
+                    collective=collective,
+                    shard_layers=opts.shard_layers,
                     **(opts.analyze_kwargs or {}),
                 )
         except Exception as exc:

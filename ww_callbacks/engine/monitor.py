@@ -29,9 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed import Collective
 from ..layers import LayerWeights
 from ..sinks.lifecycle import RunSinks
 from ..spectral.report import SpectralReport
+from ..spectral.report import (
+    SpectralReport as Report,
+)  # a shorter name keeps `analyze`'s signature on one line
 from ..stopping import StopDecision, StoppingRule
 from .analyzer import Analyzer
 from .options import WatchOptions
@@ -188,17 +192,18 @@ class SpectralMonitor:
         """
         return self.analyzer.snapshot(model, copy=copy)
 
-    def analyze(self, model: Any, *, epoch: int) -> SpectralReport | None:
+    def analyze(self, model: Any, *, epoch: int, collective: Collective | None = None) -> Report | None:
         """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch``.
 
-        Any exception becomes a warning and a None result: training never dies because of the analysis.
+        Any exception becomes a warning and a None result: training never dies because of the analysis. With a
+        ``collective`` (`ww_callbacks.distributed.Collective`) all ranks call it and get the same report.
 
         Example:
             >>> report = SpectralMonitor(seed=0).analyze({"fc.weight": np.eye(30)}, epoch=0)
             >>> report.layers[0].name
             'fc'
         """
-        return self.analyzer.analyze(model, rng=self.rng_for(epoch), epoch=epoch)
+        return self.analyzer.analyze(model, rng=self.rng_for(epoch), epoch=epoch, collective=collective)
 
     # ------------------------------------------------------------------ results
     def metrics_from(self, report: SpectralReport) -> dict[str, float]:

@@ -35,7 +35,16 @@ HISTORY_FILENAME = "ww_history.jsonl"
 POSITIONAL_OPTIONS = ("every_n_epochs", "metrics", "per_layer", "prefix", "early_stopping")
 
 #: Options the engine passes to `ww_callbacks.analyze` itself; ``analyze_kwargs`` may not repeat them.
-OWN_ANALYZE_OPTIONS = ("layers", "randomize", "mp_fit", "seed", "rng", "n_random")
+OWN_ANALYZE_OPTIONS = (
+    "layers",
+    "randomize",
+    "mp_fit",
+    "seed",
+    "rng",
+    "n_random",
+    "collective",
+    "shard_layers",
+)
 
 HistoryPath = str | os.PathLike[str] | bool | None
 
@@ -66,6 +75,10 @@ class WatchOptions:
             ``traps`` defaults to False here (pass ``{"traps": True}`` for ``num_traps`` and the ``rand_*``
             columns). Resolved to a dict.
         verbose: log (INFO) each analysis' summary line, not only the stop.
+        shard_layers: in a distributed run (Lightning DDP, FSDP2/ModelParallel), each rank analyzes a
+            cost-balanced share of the layers and the results are merged on every rank (the same report as one
+            process); False: rank 0 analyzes every layer. Weights that are DTensors are gathered one layer at a
+            time either way.
 
     Example:
         >>> WatchOptions(history_path=3)
@@ -90,6 +103,7 @@ class WatchOptions:
     media_every_n_epochs: int | None = None
     analyze_kwargs: Mapping[str, Any] | None = field(default=None, repr=False)
     verbose: bool = False
+    shard_layers: bool = True
 
     def __post_init__(self) -> None:
         if int(self.every_n_epochs) < 1:
@@ -127,6 +141,7 @@ class WatchOptions:
             else int(self.media_every_n_epochs),
             "analyze_kwargs": kwargs,
             "verbose": bool(self.verbose),
+            "shard_layers": bool(self.shard_layers),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)

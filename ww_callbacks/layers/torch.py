@@ -42,6 +42,13 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
     ``DataParallel`` (``module``), at the root or anywhere inside, are walked as the module they wrap, so names
     and ids are those of the user's module.
 
+    Sharded weights: a DTensor weight (FSDP2 ``fully_shard``, tensor parallel) is never read as its local shard.
+    Its layer is built on a ``meta`` tensor of the full shape (so names, N, M and slices are known without any
+    communication), with ``extra["gather"]``: a callable that gathers the full weight (``full_tensor()``, a
+    collective: every rank of the mesh must call it, in the same order) and returns the real ``matrices``;
+    `ww_callbacks.analyze` and the callbacks do that one layer at a time. FSDP1 (``FullyShardedDataParallel``)
+    and DeepSpeed ZeRO-3 parameters raise ``TypeError``.
+
     Tensors stay on their device; half precision becomes float32. With ``copy=True`` the matrices own their
     memory, so training may go on while they are analyzed. The ``min_evals``/``max_evals``/``max_N`` limits are
     applied by the analysis, not here.
@@ -60,27 +67,29 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
         return snapshot_keras(module, copy=copy)
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"snapshot_torch expects a torch.nn.Module, got {type(module).__name__}")
+    _refuse_unsupported_sharding(module, torch)
     found: list[LayerWeights] = []
     owners: dict[tuple[Any, ...], int] = {}  # weight storage -> index in found
     ties: dict[int, list[str]] = {}
     for layer_id, (path, mod) in enumerate(_named_modules(module, torch)):
         # weightwatcher names a root module that is itself a layer (a bare Linear) by its class name.
         longname = path or type(mod).__name__
+        module_class = _unsharded_class(mod, torch)
         for suffix, weight, build, parity in _entries(mod, longname, torch):
             full = longname + suffix
-            identity = storage_identity(weight)
+            identity = _identity(weight)
             if identity is not None and identity in owners:
                 ties.setdefault(owners[identity], []).append(full)
                 continue
-            layer = build(
-                weight,
+            make = functools.partial(
+                build,
                 name=full.rsplit(".", 1)[-1],
                 longname=full,
                 layer_id=layer_id,
-                copy=copy,
-                module_type=type(mod).__name__,
-                extra={"module_class": type(mod)},
+                module_type=module_class.__name__,
+                extra={"module_class": module_class},
             )
+            layer = _sharded_layer(weight, make, torch) if _is_sharded(weight) else make(weight, copy=copy)
             if not parity:
                 layer = _without_parity(layer)
             if identity is not None:
@@ -177,10 +186,17 @@ def _entries(mod: Any, longname: str, torch: Any) -> list[tuple[str, Any, _Build
 def _attention_entries(mod: Any) -> list[tuple[str, Any, _Builder, bool]]:
     """Query, key and value projections of ``nn.MultiheadAttention`` (weightwatcher ignores them)."""
     if getattr(mod, "_qkv_same_embed_dim", True) and mod.in_proj_weight is not None:
+        if _is_dtensor(mod.in_proj_weight):
+            return [
+                (f".{proj}", _ShardedPart(mod.in_proj_weight.detach(), i), dense_layer, False)
+                for i, proj in enumerate(("q_proj", "k_proj", "v_proj"))
+            ]
         weights = list(mod.in_proj_weight.detach().chunk(3, dim=0))
     else:
         weights = [mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight]
-        weights = [w.detach() if w is not None else None for w in weights]
+        weights = [
+            None if w is None else _ShardedPart(w.detach()) if _is_dtensor(w) else w.detach() for w in weights
+        ]
     return [
         (f".{proj}", w, dense_layer, False)
         for proj, w in zip(("q_proj", "k_proj", "v_proj"), weights, strict=True)
@@ -196,6 +212,8 @@ def _weight_of(mod: Any, torch: Any) -> Any:
         return None
     if not isinstance(weight, torch.Tensor) or torch.nn.parameter.is_lazy(weight):
         return None
+    if _is_dtensor(weight):
+        return _ShardedPart(weight.detach()) if weight.ndim >= 2 and not weight.is_complex() else None
     if weight.layout != torch.strided or weight.is_complex() or weight.is_quantized or weight.is_meta:
         return None
     return weight.detach()
@@ -203,3 +221,89 @@ def _weight_of(mod: Any, torch: Any) -> Any:
 
 def _without_parity(layer: LayerWeights) -> LayerWeights:
     return dataclasses.replace(layer, ww_parity=False)
+
+
+# ---------------------------------------------------------------------------------------------- sharded weights
+class _ShardedPart:
+    """A lazily gathered weight: ``part`` (None, or the index of an attention projection) of a DTensor."""
+
+    def __init__(self, dtensor: Any, part: int | None = None) -> None:
+        self.dtensor, self.part = dtensor, part
+
+    @property
+    def ndim(self) -> int:
+        return int(self.dtensor.ndim)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = tuple(int(d) for d in self.dtensor.shape)
+        return shape if self.part is None else (shape[0] // 3, *shape[1:])
+
+    def meta(self, torch: Any) -> Any:
+        """A ``meta`` tensor of the gathered part's shape and dtype: builds the layer without any data."""
+        return torch.empty(self.shape, dtype=self.dtensor.dtype, device="meta")
+
+    def gather(self) -> Any:
+        """The full weight, as a plain tensor on this rank (a collective over the DTensor's mesh)."""
+        full = self.dtensor.full_tensor()
+        return full if self.part is None else full.chunk(3, dim=0)[self.part]
+
+
+class _Gather:
+    """``extra["gather"]`` of a sharded layer: gathers the weight and returns the layer's real ``matrices``."""
+
+    def __init__(self, source: _ShardedPart, make: Callable[..., LayerWeights]) -> None:
+        self._source, self._make = source, make
+
+    def __call__(self) -> Any:
+        return self._make(self._source.gather(), copy=False).matrices  # the gathered tensor is ours already
+
+
+def _is_dtensor(tensor: Any) -> bool:
+    tensor_module = sys.modules.get("torch.distributed.tensor")  # imported by whoever made a DTensor
+    return tensor_module is not None and isinstance(tensor, tensor_module.DTensor)
+
+
+def _is_sharded(weight: Any) -> bool:
+    return isinstance(weight, _ShardedPart)
+
+
+def _sharded_layer(weight: _ShardedPart, make: Callable[..., LayerWeights], torch: Any) -> LayerWeights:
+    layer = make(weight.meta(torch), copy=False)
+    return dataclasses.replace(layer, extra={**layer.extra, "gather": _Gather(weight, make)})
+
+
+def _identity(weight: Any) -> tuple[Any, ...] | None:
+    """`storage_identity`, through the local shard for a sharded weight (tied DTensors share it)."""
+    if _is_sharded(weight):
+        local = storage_identity(weight.dtensor.to_local())
+        return None if local is None else ("sharded", weight.part, *local)
+    return storage_identity(weight)
+
+
+def _unsharded_class(mod: Any, torch: Any) -> type:
+    """The module's own class: FSDP2 swaps in a subclass (``FSDPLinear``) that names would otherwise show."""
+    fsdp_module = getattr(getattr(torch.distributed, "fsdp", None), "FSDPModule", None)
+    cls = type(mod)
+    if fsdp_module is not None and isinstance(mod, fsdp_module):
+        for base in cls.__mro__[1:]:
+            if base is not fsdp_module and issubclass(base, torch.nn.Module):
+                return base
+    return cls
+
+
+def _refuse_unsupported_sharding(module: Any, torch: Any) -> None:
+    """FSDP1 and DeepSpeed ZeRO-3 hold flat local shards: analyzing them as layers would be silently wrong."""
+    fsdp1 = getattr(getattr(torch.distributed, "fsdp", None), "FullyShardedDataParallel", None)
+    for mod in module.modules():
+        if fsdp1 is not None and isinstance(mod, fsdp1):
+            raise TypeError(
+                "weights sharded by FSDP1 (FullyShardedDataParallel, Lightning's FSDPStrategy) are not supported: "
+                "use FSDP2 (torch.distributed.fsdp.fully_shard, Lightning's ModelParallelStrategy)"
+            )
+        for param in mod.parameters(recurse=False):
+            if hasattr(param, "ds_id"):
+                raise TypeError(
+                    "weights partitioned by DeepSpeed ZeRO-3 are not supported (each rank holds only a shard); "
+                    "use ZeRO stage 1 or 2, or FSDP2"
+                )

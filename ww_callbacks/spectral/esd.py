@@ -144,10 +144,11 @@ def _ill_conditioned(evals: np.ndarray) -> np.ndarray:
     return (evals[:, 0] < RANK_DEFICIENT_MARGIN * noise) & (n <= SVD_FALLBACK_MAX_SIDE)
 
 
-def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int) -> Any:
+def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int, *, in_place: bool = False) -> Any:
     """``copies`` independent element shuffles of every slice, stacked to ``(copies*rf, rows, cols)``.
 
-    Each slice is permuted within itself in C order, so Σλ is preserved exactly.
+    Each slice is permuted within itself in C order, so Σλ is preserved exactly. ``in_place`` (one copy of a
+    numpy stack the caller no longer needs) shuffles the stack itself: the same permutations, no second copy.
     """
     rf, rows, cols = (int(s) for s in stack.shape)
     if is_torch_tensor(stack):
@@ -164,6 +165,8 @@ def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int) -> Any:
                 out.append(flat[s][perm])
         return torch.stack(out).reshape(copies * rf, rows, cols)
     flat = np.asarray(stack).reshape(rf, rows * cols)
+    if in_place and copies == 1 and flat.flags.writeable:
+        return rng.permuted(flat, axis=1, out=flat).reshape(rf, rows, cols)
     out_np = np.empty((copies, rf, rows * cols), dtype=flat.dtype)
     for c in range(copies):
         out_np[c] = rng.permuted(flat, axis=1)

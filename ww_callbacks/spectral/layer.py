@@ -80,7 +80,9 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
         # large layers, where the eigenvalues dominate the cost)
         draws = max(replicas, opts.n_random)
-        copies = esd.shuffled_copies(lw.matrices, rng, draws)
+        # a gathered copy of a sharded layer (``extra["disposable"]``) is not needed after this: shuffle it
+        disposable = bool(lw.extra.get("disposable"))
+        copies = esd.shuffled_copies(lw.matrices, rng, draws, in_place=disposable)
         evals = esd.slice_eigenvalues(copies, lw.scale)
         del copies
         rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
@@ -112,6 +114,9 @@ def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> Layer
     size = _size_status(lw, opts)
     if size is not None:
         res.status, res.reason = size
+        return res
+    if getattr(lw.matrices, "is_meta", False):  # a sharded layer's placeholder: never analyze a shard
+        res.status, res.reason = STATUS_ERROR, "sharded weight not gathered (analyze it on every rank)"
         return res
     try:
         lw = dataclasses.replace(lw, matrices=esd.on_host_as_numpy(lw.matrices))
@@ -220,21 +225,60 @@ def analyze_layers(
     """
     if not layers:
         return []
+    rngs = layer_rngs(rng, layers)
+    if isinstance(rng, np.random.RandomState):  # one after another: the order of the draws matters
+        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, rngs, strict=True)]
+    return analyze_with_generators(layers, rngs, opts=opts, n_jobs=n_jobs)
+
+
+def layer_rngs(rng: np.random.Generator | np.random.RandomState, layers: Sequence[LayerWeights]) -> list[Any]:
+    """The random source of each layer.
+
+    From a ``Generator``: one child per layer position (``rng.spawn``), so the shuffles of layer ``i`` depend on
+    ``rng``'s seed and ``i`` only: not on the other layers, on threads or on which process analyzes the layer.
+    From a legacy ``RandomState``: the layers weightwatcher analyzes (``ww_parity``) share it and must be
+    analyzed one after another, in order, to draw its shuffles in weightwatcher's order; our extra layers draw
+    from a generator derived from (not drawn from) its state, so the parity layers stay aligned.
+
+    Example:
+        >>> w = np.ones((1, 20, 10))
+        >>> lws = [LayerWeights(name=n, longname=n, kind="dense", layer_id=1, matrices=w, N=20, M=10) for n in "ab"]
+        >>> a = layer_rngs(np.random.default_rng(5), lws)[1].random()
+        >>> a == layer_rngs(np.random.default_rng(5), lws + lws)[1].random()
+        True
+    """
     if isinstance(rng, np.random.RandomState):
-        # Only layers weightwatcher analyzes the same way draw from the RandomState, in its order; our extra
-        # layers draw from a generator derived from (not drawn from) its state, so the parity layers stay aligned.
         state = rng.get_state(legacy=True)
         assert isinstance(state, tuple)
         side = np.random.default_rng(np.asarray(state[1], dtype=np.uint32))
-        return [analyze_layer(lw, rng=rng if lw.ww_parity else side, opts=opts) for lw in layers]
-    children = rng.spawn(len(layers))
+        return [rng if lw.ww_parity else side for lw in layers]
+    return rng.spawn(len(layers))
+
+
+def analyze_with_generators(
+    layers: Sequence[LayerWeights],
+    generators: Sequence[np.random.Generator],
+    *,
+    opts: AnalysisOptions = _DEFAULT_OPTIONS,
+    n_jobs: int | None = None,
+) -> list[LayerResult]:
+    """Analyze ``layers[i]`` with ``generators[i]`` (from `layer_rngs`); threads over layers when they pay.
+
+    Example:
+        >>> w = np.random.default_rng(0).standard_normal((1, 50, 20))
+        >>> lw = LayerWeights(name="fc", longname="fc", kind="dense", layer_id=1, matrices=w, N=50, M=20)
+        >>> [r.status for r in analyze_with_generators([lw], layer_rngs(np.random.default_rng(0), [lw]))]
+        ['success']
+    """
+    if not layers:
+        return []
     jobs = n_jobs or (_default_jobs() if _threads_pay(layers, opts) else 1)
     if jobs <= 1 or len(layers) == 1:
-        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, children, strict=True)]
+        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, generators, strict=True)]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(
             pool.map(
                 lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts),
-                zip(layers, children, strict=True),
+                zip(layers, generators, strict=True),
             )
         )

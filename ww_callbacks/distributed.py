@@ -1,0 +1,267 @@
+"""The analysis shared by the processes of a distributed run: layer shares, sharded layers, merged results.
+
+Every rank calls `analyze_shared` with the same layers (its own snapshot of the same model) at the same time:
+
+1. the ranks check that they see the same layers (one ``all_gather_object``);
+2. each layer gets an owner: a deterministic greedy assignment (largest cost first, to the least loaded rank;
+   cost ~ ``rf * min(M, N)^2 * max(M, N)``, the eigenvalue work of its slices), or rank 0 for everything when
+   ``shard=False`` or when the shuffles come from a legacy ``RandomState`` (drawn in weightwatcher's order);
+3. each layer's shuffles come from its own child generator (`ww_callbacks.spectral.layer.layer_rngs`), so a
+   layer's numbers do not depend on which rank analyzes it: the merged report equals the single-process one;
+4. sharded layers (DTensor weights, see `ww_callbacks.layers.torch.snapshot_torch`) are gathered one at a time,
+   in rounds that every rank walks in the same order (``full_tensor()`` is a collective): in each round every
+   rank gathers the layers of that round, keeps its own and analyzes it; no rank ever holds the whole model;
+5. the per-layer results are exchanged (``all_gather_object``) and merged in layer order on every rank.
+
+torch is imported lazily (`TorchCollective` only).
+
+Example:
+    >>> import numpy as np
+    >>> from ww_callbacks.layers import snapshot
+    >>> layers = snapshot({"a.weight": np.ones((40, 30)), "b.weight": np.ones((90, 60))})
+    >>> assign_layers(layers, world_size=2), [layer_cost(lw) for lw in layers]
+    ([1, 0], [36000, 324000])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .layers import LayerWeights
+from .spectral.layer import analyze_layer, analyze_layers, analyze_with_generators, layer_rngs
+from .spectral.options import AnalysisOptions
+from .spectral.report import STATUS_ERROR, LayerResult
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Collective",
+    "TorchCollective",
+    "analyze_shared",
+    "assign_layers",
+    "has_sharded_layers",
+    "layer_cost",
+]
+
+
+@runtime_checkable
+class Collective(Protocol):
+    """What the shared analysis needs from a process group: this rank, the world size, ``all_gather_object``."""
+
+    rank: int
+    world_size: int
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        ...
+
+
+class TorchCollective:
+    """`Collective` over a ``torch.distributed`` process group (default: the whole world).
+
+    Example::
+
+        torch.distributed.init_process_group("gloo")
+        ww_callbacks.analyze(model, collective=TorchCollective())
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("torch.distributed is not initialized: call init_process_group first")
+        self.group = group
+        self.rank = int(dist.get_rank(group))
+        self.world_size = int(dist.get_world_size(group))
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+
+def layer_cost(lw: LayerWeights) -> int:
+    """Rough cost of analyzing ``lw``: ``min^2 * max`` flops per slice (Gram matrix and eigenvalues), summed.
+
+    Example:
+        >>> from ww_callbacks.layers import snapshot
+        >>> layer_cost(snapshot({"fc.weight": np.ones((100, 10))})[0])
+        10000
+    """
+    shape = tuple(int(d) for d in lw.matrices.shape)
+    rows, cols = shape[-2:]
+    slices = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return slices * min(rows, cols) ** 2 * max(rows, cols)
+
+
+def assign_layers(layers: Sequence[LayerWeights], world_size: int) -> list[int]:
+    """The rank that analyzes each layer: largest cost first, each to the least loaded rank (ties: the lower
+    layer index, the lower rank). Deterministic: every rank computes the same assignment.
+
+    Example:
+        >>> from ww_callbacks.layers import snapshot
+        >>> sizes = {"a.weight": np.ones((50, 50)), "b.weight": np.ones((40, 40)), "c.weight": np.ones((30, 30))}
+        >>> assign_layers(snapshot(sizes), world_size=2)
+        [0, 1, 1]
+    """
+    loads = [0] * max(1, int(world_size))
+    owners = [0] * len(layers)
+    for index in _largest_first(layers):
+        rank = min(range(len(loads)), key=lambda r: (loads[r], r))
+        owners[index] = rank
+        loads[rank] += layer_cost(layers[index])
+    return owners
+
+
+def has_sharded_layers(layers: Sequence[LayerWeights]) -> bool:
+    """True when some layer is a sharded placeholder that must be gathered (collectively) before its analysis.
+
+    Example:
+        >>> from ww_callbacks.layers import snapshot
+        >>> has_sharded_layers(snapshot({"fc.weight": np.ones((20, 10))}))
+        False
+    """
+    return any(_needs_gather(lw) for lw in layers)
+
+
+def analyze_shared(
+    layers: Sequence[LayerWeights] | None,
+    *,
+    rng: np.random.Generator | np.random.RandomState,
+    opts: AnalysisOptions,
+    collective: Collective,
+    shard: bool = True,
+    n_jobs: int | None = None,
+) -> tuple[list[LayerResult], float]:
+    """Analyze ``layers`` together with the other ranks: (every layer's result in order, the slowest rank's
+    seconds), the same on every rank. A collective: every rank must call it at the same point.
+
+    ``layers=None`` says this rank could not take its snapshot; then every rank raises ``RuntimeError`` (as do
+    all of them when the ranks see different layers), so none is left waiting.
+
+    Example::
+
+        results, seconds = analyze_shared(snapshot(model), rng=np.random.default_rng(0),
+                                          opts=AnalysisOptions(), collective=TorchCollective())
+    """
+    start = time.perf_counter()
+    _agree_on_layers(layers, collective)
+    assert layers is not None  # _agree_on_layers raised otherwise
+    legacy = isinstance(rng, np.random.RandomState)
+    one_rank = legacy or not shard or collective.world_size == 1
+    owners = [0] * len(layers) if one_rank else assign_layers(layers, collective.world_size)
+    rank = collective.rank
+    log.debug("rank %d analyzes layers %s", rank, [i for i, owner in enumerate(owners) if owner == rank])
+    if not has_sharded_layers(layers):
+        mine = [i for i, owner in enumerate(owners) if owner == rank]
+        if legacy:  # everything on rank 0, one layer after another
+            local = analyze_layers(layers, rng=rng, opts=opts) if mine else []
+        else:
+            rngs = layer_rngs(rng, layers)
+            local = analyze_with_generators(
+                [layers[i] for i in mine], [rngs[i] for i in mine], opts=opts, n_jobs=n_jobs
+            )
+        results = dict(zip(mine, local, strict=True))
+    else:
+        results = _analyze_in_rounds(layers, owners, rank, layer_rngs(rng, layers), opts, in_order=one_rank)
+    parts = collective.all_gather_object((results, time.perf_counter() - start))
+    merged: dict[int, LayerResult] = {}
+    for part, _ in parts:
+        merged.update(part)
+    return [merged[i] for i in range(len(layers))], max(seconds for _, seconds in parts)
+
+
+def _agree_on_layers(layers: Sequence[LayerWeights] | None, collective: Collective) -> None:
+    mine = None if layers is None else [(lw.longname, tuple(lw.matrices.shape)) for lw in layers]
+    seen = collective.all_gather_object(mine)
+    failed = [rank for rank, found in enumerate(seen) if found is None]
+    if failed:
+        raise RuntimeError(f"the snapshot of the weights failed on rank(s) {failed}")
+    differ = [rank for rank, found in enumerate(seen) if found != seen[0]]
+    if differ:
+        raise RuntimeError(
+            f"rank(s) {differ} see other layers than rank 0: analyze the same model everywhere"
+        )
+
+
+def _largest_first(layers: Sequence[LayerWeights]) -> list[int]:
+    return sorted(range(len(layers)), key=lambda i: (-layer_cost(layers[i]), i))
+
+
+def _rounds(layers: Sequence[LayerWeights], owners: list[int], in_order: bool) -> list[list[int]]:
+    """Groups of layers, at most one per rank, that every rank walks in the same order."""
+    if in_order:
+        return [[i] for i in range(len(layers))]
+    queues: dict[int, list[int]] = {}
+    for index in _largest_first(layers):  # each rank's layers, largest first: a round's layers cost alike
+        queues.setdefault(owners[index], []).append(index)
+    depth = max((len(q) for q in queues.values()), default=0)
+    return [[q[k] for _, q in sorted(queues.items()) if k < len(q)] for k in range(depth)]
+
+
+def _analyze_in_rounds(
+    layers: Sequence[LayerWeights],
+    owners: list[int],
+    rank: int,
+    rngs: list[Any],
+    opts: AnalysisOptions,
+    *,
+    in_order: bool,
+) -> dict[int, LayerResult]:
+    """Gather the sharded layers of each round on every rank (keeping only this rank's), then analyze this rank's
+    layer of the round: at most one gathered layer is held at a time, besides the one in flight."""
+    results: dict[int, LayerResult] = {}
+    for group in _rounds(layers, owners, in_order):
+        own: tuple[int, LayerWeights] | None = None
+        for index in group:
+            layer = layers[index]
+            if _needs_gather(layer):
+                try:
+                    layer = _gathered(layer)  # every rank takes part, even if not the owner
+                except Exception as exc:
+                    results[index] = _gather_failed(layers[index], exc)
+                    continue
+            if owners[index] == rank:
+                own = (index, layer)
+            del layer
+        if own is not None and own[0] not in results:
+            results[own[0]] = analyze_layer(own[1], rng=rngs[own[0]], opts=opts)
+        del own
+    return {i: r for i, r in results.items() if owners[i] == rank}
+
+
+def _needs_gather(lw: LayerWeights) -> bool:
+    return "gather" in lw.extra
+
+
+def _gathered(lw: LayerWeights) -> LayerWeights:
+    """The placeholder ``lw`` with the gathered matrices (its labels, parity and ties stay as they are); they are
+    this rank's own copy, which the analysis may shuffle in place (``disposable``: one float32 layer less)."""
+    extra = {k: v for k, v in lw.extra.items() if k != "gather"}
+    extra["disposable"] = True
+    return dataclasses.replace(lw, matrices=lw.extra["gather"](), extra=extra)
+
+
+def _gather_failed(lw: LayerWeights, exc: Exception) -> LayerResult:
+    res = LayerResult(
+        layer_id=lw.layer_id,
+        name=lw.name,
+        longname=lw.longname,
+        layer_type=lw.kind,
+        N=lw.N,
+        M=lw.M,
+        rf=lw.rf,
+        Q=lw.Q,
+        num_evals=lw.num_evals,
+        ww_parity=lw.ww_parity,
+    )
+    res.status, res.reason = STATUS_ERROR, f"gathering the sharded weight failed: {type(exc).__name__}: {exc}"
+    return res
