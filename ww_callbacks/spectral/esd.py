@@ -170,6 +170,38 @@ def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int) -> Any:
     return out_np.reshape(copies * rf, rows, cols)
 
 
+def shuffled_eigenvalues(stack: Any, rng: np.random.Generator, copies: int, scale: float = 1.0) -> np.ndarray:
+    """``slice_eigenvalues(shuffled_copies(stack, rng, copies), scale)``, the same numbers with less work.
+
+    For numpy stacks of slices below the blocked route's size, each chunk of slices is shuffled inside its float64
+    copy: no shuffled copy of the whole stack, no second conversion, and numpy shuffles 8-byte items faster than
+    4-byte ones. The permutation drawn depends only on the generator and the slice size, not on the item type,
+    so the shuffles are exactly those of `shuffled_copies`.
+
+    Example:
+        >>> w = np.arange(6.0).reshape(1, 2, 3)
+        >>> a = shuffled_eigenvalues(w, np.random.default_rng(0), 2)
+        >>> b = slice_eigenvalues(shuffled_copies(w, np.random.default_rng(0), 2))
+        >>> bool((a == b).all())
+        True
+    """
+    rf, rows, cols = (int(s) for s in stack.shape)
+    if is_torch_tensor(stack) or rows * cols >= BLOCKED_MIN_ENTRIES:
+        return slice_eigenvalues(shuffled_copies(stack, rng, copies), scale)
+    flat = np.asarray(stack).reshape(rf, rows * cols)
+    per_chunk = max(1, CHUNK_BYTES // (8 * rows * cols))
+    parts = []
+    for _ in range(copies):  # copy after copy, slice after slice: the order of `shuffled_copies`' draws
+        for lo in range(0, rf, per_chunk):
+            chunk = np.array(flat[lo : lo + per_chunk], dtype=np.float64)  # always a copy: shuffled in place
+            if scale != 1.0:
+                chunk *= scale
+            rng.permuted(chunk, axis=1, out=chunk)
+            parts.append(_batched_eigenvalues(chunk.reshape(-1, rows, cols), 1.0))
+    evals = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return np.maximum(evals, 0.0, out=evals)
+
+
 def shuffled_copies_legacy(stack: Any, rng: np.random.RandomState, copies: int) -> Any:
     """As `shuffled_copies`, drawing each slice's permutation from a legacy ``RandomState`` in weightwatcher's order.
 

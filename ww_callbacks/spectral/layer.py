@@ -14,6 +14,7 @@ import numpy as np
 
 from ..layers.base import LayerWeights
 from . import esd
+from ._threads import AnalysisThreads
 from .marchenko_pastur import fit_marchenko_pastur
 from .metrics import esd_statistics, jensen_shannon_distance, norm_metrics
 from .powerlaw import fit_power_law
@@ -89,9 +90,7 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
         # large layers, where the eigenvalues dominate the cost)
         draws = max(replicas, opts.n_random)
-        copies = esd.shuffled_copies(lw.matrices, rng, draws)
-        evals = esd.slice_eigenvalues(copies, lw.scale)
-        del copies
+        evals = esd.shuffled_eigenvalues(lw.matrices, rng, draws, lw.scale)
         rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
         dist = _pooled(evals, draws)[: opts.n_random]
     return (None if rep is None else np.sort(rep.ravel())), dist
@@ -123,7 +122,9 @@ def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> Layer
         res.status, res.reason = size
         return res
     try:
-        lw = dataclasses.replace(lw, matrices=esd.on_host_as_numpy(lw.matrices))
+        matrices = esd.on_host_as_numpy(lw.matrices)
+        if matrices is not lw.matrices:
+            lw = dataclasses.replace(lw, matrices=matrices)
         _fill(res, lw, rng, opts)
     except Exception as exc:  # analysis must never take training down
         log.warning("analysis of layer %s failed: %r", lw.longname, exc)
@@ -242,15 +243,23 @@ def analyze_layers(
         state = rng.get_state(legacy=True)
         assert isinstance(state, tuple)
         side = np.random.default_rng(np.asarray(state[1], dtype=np.uint32))
-        return [analyze_layer(lw, rng=rng if lw.ww_parity else side, opts=opts) for lw in layers]
-    children = rng.spawn(len(layers))
-    jobs = n_jobs or (_default_jobs() if _threads_pay(layers, opts) else 1)
-    if jobs <= 1 or len(layers) == 1:
-        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, children, strict=True)]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(
-            pool.map(
-                lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts),
-                zip(layers, children, strict=True),
+        rngs: Sequence[Any] = [rng if lw.ww_parity else side for lw in layers]
+        jobs = 1
+    else:
+        rngs = rng.spawn(len(layers))
+        jobs = n_jobs or (_default_jobs() if _threads_pay(layers, opts) else 1)
+    # One BLAS thread, except on layers large enough to use the user's own number (see `_threads`).
+    with AnalysisThreads() as blas:
+        if jobs <= 1 or len(layers) == 1:
+            results = []
+            for lw, r in zip(layers, rngs, strict=True):
+                with blas.for_slices(lw.slice_shape):
+                    results.append(analyze_layer(lw, rng=r, opts=opts))
+            return results
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads over small layers, one BLAS thread each
+            return list(
+                pool.map(
+                    lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts),
+                    zip(layers, rngs, strict=True),
+                )
             )
-        )
