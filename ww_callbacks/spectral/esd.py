@@ -27,6 +27,7 @@ CHUNK_BYTES = 8 << 20
 RANK_DEFICIENT_MARGIN = 10.0
 #: ...unless their smaller side exceeds this: an SVD that large costs several Gram routes (13 s vs 4 s at 4096).
 SVD_FALLBACK_MAX_SIDE = 2048
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def is_torch_tensor(obj: Any) -> bool:
@@ -97,12 +98,15 @@ def slice_eigenvalues(stack: Any, scale: float = 1.0) -> np.ndarray:
     else:
         # batched over slices, a chunk at a time so that the float64 copies stay small
         per_chunk = max(1, CHUNK_BYTES // (8 * rows * cols))
-        evals = np.concatenate(
-            [
-                _batched_eigenvalues(stack[lo : lo + per_chunk], scale)
-                for lo in range(0, len(stack), per_chunk)
-            ]
-        )
+        if len(stack) <= per_chunk:
+            evals = _batched_eigenvalues(stack, scale)
+        else:
+            evals = np.concatenate(
+                [
+                    _batched_eigenvalues(stack[lo : lo + per_chunk], scale)
+                    for lo in range(0, len(stack), per_chunk)
+                ]
+            )
     # rounding can leave tiny negative eigenvalues of (numerically) singular slices
     return np.maximum(np.asarray(evals, dtype=np.float64), 0.0)
 
@@ -140,7 +144,7 @@ def _blocked_gram_eigenvalues(w: np.ndarray, scale: float) -> np.ndarray:
 
 def _ill_conditioned(evals: np.ndarray) -> np.ndarray:
     n = evals.shape[1]
-    noise = n * np.finfo(np.float64).eps * evals[:, -1]
+    noise = n * _EPS * evals[:, -1]
     return (evals[:, 0] < RANK_DEFICIENT_MARGIN * noise) & (n <= SVD_FALLBACK_MAX_SIDE)
 
 

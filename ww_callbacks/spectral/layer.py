@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -158,9 +159,9 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
     if opts.randomize:
         rand_evals, dist_evals = _random_esds(lw, rng, opts)
         distances = [jensen_shannon_distance(evals, d) for d in dist_evals]
-        res.rand_distance = float(np.mean(distances))
+        res.rand_distance = distances[0] if len(distances) == 1 else float(np.mean(distances))
         res.rand_distance_std = float(np.std(distances, ddof=1)) if len(distances) > 1 else float("nan")
-        rand_max = float(np.mean(dist_evals[:, -1]))
+        rand_max = float(dist_evals[0, -1] if len(dist_evals) == 1 else np.mean(dist_evals[:, -1]))
         res.ww_softrank = rand_max / float(evals[-1])
         res.ww_maxdist = float(evals[-1]) - rand_max
         res.rand_evals = dist_evals[0] if rand_evals is None else rand_evals
@@ -201,7 +202,7 @@ def _work(layers: Sequence[LayerWeights], opts: AnalysisOptions) -> int:
         if opts.randomize:
             replicas = REPLICAS_FEW_EVALS if opts.traps and lw.num_evals < FEW_EVALS else 1
             passes += max(replicas, opts.n_random) + (1 if opts.traps else 0)
-        total += int(np.prod(lw.matrices.shape)) * (passes + (1 if opts.mp_fit else 0))
+        total += math.prod(lw.matrices.shape) * (passes + (1 if opts.mp_fit else 0))
     return total
 
 
