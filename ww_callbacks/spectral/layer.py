@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import esd
+from ._threads import AnalysisThreads
 from .catalog import METRICS
 from .marchenko_pastur import fit_marchenko_pastur
 from .metrics import esd_statistics, jensen_shannon_distance, norm_metrics
@@ -82,9 +84,7 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         draws = max(replicas, opts.n_random)
         # a gathered copy of a sharded layer (``extra["disposable"]``) is not needed after this: shuffle it
         disposable = bool(lw.extra.get("disposable"))
-        copies = esd.shuffled_copies(lw.matrices, rng, draws, in_place=disposable)
-        evals = esd.slice_eigenvalues(copies, lw.scale)
-        del copies
+        evals = esd.shuffled_eigenvalues(lw.matrices, rng, draws, lw.scale, in_place=disposable)
         rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
         dist = _pooled(evals, draws)[: opts.n_random]
     return (None if rep is None else np.sort(rep.ravel())), dist
@@ -119,7 +119,9 @@ def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> Layer
         res.status, res.reason = STATUS_ERROR, "sharded weight not gathered (analyze it on every rank)"
         return res
     try:
-        lw = dataclasses.replace(lw, matrices=esd.on_host_as_numpy(lw.matrices))
+        matrices = esd.on_host_as_numpy(lw.matrices)
+        if matrices is not lw.matrices:
+            lw = dataclasses.replace(lw, matrices=matrices)
         _fill(res, lw, rng, opts)
     except Exception as exc:  # analysis must never take training down
         log.warning("analysis of layer %s failed: %r", lw.longname, exc)
@@ -153,9 +155,9 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
     if opts.randomize:
         rand_evals, dist_evals = _random_esds(lw, rng, opts)
         distances = [jensen_shannon_distance(evals, d) for d in dist_evals]
-        res.rand_distance = float(np.mean(distances))
+        res.rand_distance = distances[0] if len(distances) == 1 else float(np.mean(distances))
         res.rand_distance_std = float(np.std(distances, ddof=1)) if len(distances) > 1 else float("nan")
-        rand_max = float(np.mean(dist_evals[:, -1]))
+        rand_max = float(dist_evals[0, -1] if len(dist_evals) == 1 else np.mean(dist_evals[:, -1]))
         res.ww_softrank = rand_max / float(evals[-1])
         res.ww_maxdist = float(evals[-1]) - rand_max
         res.rand_evals = dist_evals[0] if rand_evals is None else rand_evals
@@ -196,7 +198,7 @@ def _work(layers: Sequence[LayerWeights], opts: AnalysisOptions) -> int:
         if opts.randomize:
             replicas = REPLICAS_FEW_EVALS if opts.traps and lw.num_evals < FEW_EVALS else 1
             passes += max(replicas, opts.n_random) + (1 if opts.traps else 0)
-        total += int(np.prod(lw.matrices.shape)) * (passes + (1 if opts.mp_fit else 0))
+        total += math.prod(lw.matrices.shape) * (passes + (1 if opts.mp_fit else 0))
     return total
 
 
@@ -227,7 +229,7 @@ def analyze_layers(
         return []
     rngs = layer_rngs(rng, layers)
     if isinstance(rng, np.random.RandomState):  # one after another: the order of the draws matters
-        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, rngs, strict=True)]
+        return _run(layers, rngs, opts, jobs=1)
     return analyze_with_generators(layers, rngs, opts=opts, n_jobs=n_jobs)
 
 
@@ -273,12 +275,24 @@ def analyze_with_generators(
     if not layers:
         return []
     jobs = n_jobs or (_default_jobs() if _threads_pay(layers, opts) else 1)
-    if jobs <= 1 or len(layers) == 1:
-        return [analyze_layer(lw, rng=r, opts=opts) for lw, r in zip(layers, generators, strict=True)]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(
-            pool.map(
-                lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts),
-                zip(layers, generators, strict=True),
+    return _run(layers, generators, opts, jobs)
+
+
+def _run(
+    layers: Sequence[LayerWeights], rngs: Sequence[Any], opts: AnalysisOptions, jobs: int
+) -> list[LayerResult]:
+    # One BLAS thread, except on layers large enough to use the user's own number (see `_threads`).
+    with AnalysisThreads() as blas:
+        if jobs <= 1 or len(layers) == 1:
+            results = []
+            for lw, r in zip(layers, rngs, strict=True):
+                with blas.for_slices(lw.slice_shape):
+                    results.append(analyze_layer(lw, rng=r, opts=opts))
+            return results
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads over small layers, one BLAS thread each
+            return list(
+                pool.map(
+                    lambda pair: analyze_layer(pair[0], rng=pair[1], opts=opts),
+                    zip(layers, rngs, strict=True),
+                )
             )
-        )

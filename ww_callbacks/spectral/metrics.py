@@ -26,7 +26,7 @@ def esd_statistics(slice_evals: np.ndarray, N: int) -> dict[str, float]:
     """
     sv = np.sqrt(slice_evals)
     sv_max_slice = sv.max(axis=1)
-    rank_loss = int(np.sum(sv.shape[1] - np.count_nonzero(sv > (sv_max_slice * N * EPS)[:, None], axis=1)))
+    rank_loss = int((sv.shape[1] - np.count_nonzero(sv > (sv_max_slice * N * EPS)[:, None], axis=1)).sum())
     return {
         "sv_max": float(sv_max_slice.max()),
         "sv_min": float(sv.min(axis=1).max()),
@@ -44,15 +44,16 @@ def norm_metrics(evals: np.ndarray, alpha: float, N: int) -> dict[str, float]:
         >>> m["log_spectral_norm"], m["stable_rank"]
         (1.0, 1.1)
     """
-    total = float(np.sum(evals))
-    lam_max = float(np.max(evals))
+    evals = np.asarray(evals)
+    total = float(evals.sum())
+    lam_max = float(evals.max())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_spectral = math.log10(lam_max) if lam_max > 0 else -math.inf
         sv = np.sqrt(evals)
         rank = int(np.count_nonzero(sv > sv.max() * N * EPS))
         p = evals / total + ENTROPY_EPSILON
-        entropy = float(-np.sum(p * np.log(p)) / math.log(rank + ENTROPY_EPSILON))
-        alpha_norm = float(np.sum(evals**alpha)) if math.isfinite(alpha) else math.nan
+        entropy = float(-(p * np.log(p)).sum() / math.log(rank + ENTROPY_EPSILON))
+        alpha_norm = float((evals**alpha).sum()) if math.isfinite(alpha) else math.nan
     return {
         "norm": total,
         "log_norm": math.log10(total) if total > 0 else -math.inf,
@@ -81,5 +82,5 @@ def jensen_shannon_distance(p: np.ndarray, q: np.ndarray) -> float:
     q = np.asarray(q, dtype=np.float64)
     m = (p + q) / 2
     pn, qn, mn = p / p.sum(), q / q.sum(), m / m.sum()
-    divergence = (np.sum(rel_entr(pn, mn)) + np.sum(rel_entr(qn, mn))) / 2
-    return float(np.sqrt(max(divergence, 0.0)))
+    divergence = float(rel_entr(pn, mn).sum() + rel_entr(qn, mn).sum()) / 2
+    return math.sqrt(max(divergence, 0.0))

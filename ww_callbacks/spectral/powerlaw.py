@@ -71,8 +71,13 @@ def _ks_rows(x: np.ndarray, alphas: np.ndarray, idx: np.ndarray) -> np.ndarray:
         tail = x[first:]
         k = np.arange(width, dtype=np.float64)[None, :] - (block - first)[:, None]
         n = (n_all - block).astype(np.float64)[:, None]
+        # |1 - (tail/xmin)^(1-alpha) - k/n|, evaluated in place (the hot loop of small fits)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            err = np.abs(1.0 - (tail[None, :] / x[block][:, None]) ** (1.0 - alphas[block][:, None]) - k / n)
+            err = np.divide(tail[None, :], x[block][:, None])
+            np.power(err, 1.0 - alphas[block][:, None], out=err)
+            np.subtract(1.0, err, out=err)
+            err -= k / n
+            np.abs(err, out=err)
         err[k < 0] = 0.0  # entries left of each candidate's xmin are not part of its tail
         out[pos : pos + rows] = err.max(axis=1)
         pos += rows
@@ -147,19 +152,19 @@ def _small_scan(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, float]:
     logs = np.log(x)
     alphas = np.zeros(n_all - 1)
     ds = np.ones(n_all - 1)
-    found = False
-    for i in range(n_all - 1):
+    fitted = []
+    for i in range(n_all - SMALL_N_MIN_TAIL + 1):  # tails of at least SMALL_N_MIN_TAIL points
         n = n_all - i
-        if n < SMALL_N_MIN_TAIL:
-            continue
-        s = float(np.sum(logs[i:]) - n * logs[i])
+        s = float(logs[i:].sum() - n * logs[i])
         if s <= 1e-12:
             continue
         alphas[i] = 1.0 + (n - 1.0) / s
-        if alphas[i] <= 1.0:
-            continue
-        found = True
-        ds[i] = _ks_rows(x, alphas, np.array([i]))[0]
+        if alphas[i] > 1.0:
+            fitted.append(i)
+    found = bool(fitted)
+    if found:  # every candidate's KS distance at once (row by row the same numbers)
+        idx = np.array(fitted)
+        ds[idx] = _ks_rows(x, alphas, idx)
     sigmas = (alphas - 1.0) / np.sqrt(n_all - np.arange(n_all - 1))
     if not found:
         # no tail of 8 points: the whole spectrum is the tail (its sigma keeps the placeholder value)
