@@ -22,6 +22,7 @@ The flow of one analyzed epoch::
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ from ..sinks.lifecycle import RunSinks
 from ..spectral.report import SpectralReport
 from ..stopping import StopDecision, StoppingRule
 from .analyzer import Analyzer
+from .background import BackgroundAnalysis
 from .options import WatchOptions
 from .scalars import report_scalars
-from .schedule import EpochSchedule, fresh_seed, rng_for
+from .schedule import Schedule, fresh_seed, make_schedule, rng_for
 from .state import RunState
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class MonitorResult:
 
     ``metrics`` maps logged names (``ww/alpha``, ``ww/fc1/alpha`` ...) to finite floats; it is empty when the
     analysis failed. ``decision`` is the stopping rule's answer (None without a rule or without a report).
+    ``epoch`` and ``step`` say which analysis it is (set by `record`).
 
     Example:
         >>> MonitorResult().stop
@@ -59,6 +62,8 @@ class MonitorResult:
     metrics: dict[str, float] = field(default_factory=dict)
     report: SpectralReport | None = None
     decision: StopDecision | None = None
+    epoch: int | None = None
+    step: int | None = None
 
     @property
     def stop(self) -> bool:
@@ -71,11 +76,14 @@ class SpectralMonitor:
 
     Args:
         options: a `WatchOptions`; or pass its fields as keyword arguments (``SpectralMonitor(seed=0, ...)``).
+        schedule: when to analyze (`StepSchedule` for step schedules); default ``EpochSchedule(every_n_epochs)``.
 
     Attributes:
         options: the checked `WatchOptions` (``metrics``, ``prefix``, ``per_layer``, ``early_stopping`` are
             also attributes of the monitor).
         schedule, analyzer, state, sinks: the parts (`EpochSchedule`, `Analyzer`, `RunState`, `RunSinks`);
+            ``background``: the `BackgroundAnalysis` with ``background=True`` (else None); ``lock`` guards
+            the state the worker writes;
             ``seed``, ``history``, ``last_report``, ``stopped_epoch``, ``stop_reason`` read the state and
             ``analysis_time`` (seconds in snapshot + analysis) the analyzer.
 
@@ -90,11 +98,15 @@ class SpectralMonitor:
         0
     """
 
-    def __init__(self, options: WatchOptions | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, options: WatchOptions | None = None, *, schedule: Schedule | None = None, **kwargs: Any
+    ) -> None:
         if options is not None and kwargs:
             raise TypeError("pass either a WatchOptions or its fields as keyword arguments, not both")
         self.options = options if options is not None else WatchOptions(**kwargs)
-        self.schedule = EpochSchedule(self.options.every_n_epochs)
+        self.schedule = schedule or make_schedule(self.options.every_n_epochs, None)
+        self.lock = threading.RLock()
+        self.background = BackgroundAnalysis(self) if self.options.background else None
         self.analyzer = Analyzer(self.options, warn=self.warn)
         self.state = RunState(seed=fresh_seed() if self.options.seed is None else int(self.options.seed))
         self.sinks = RunSinks(warn=self.warn)
@@ -156,7 +168,7 @@ class SpectralMonitor:
 
     # ------------------------------------------------------------------ schedule
     def should_run(self, epoch: int) -> bool:
-        """Whether ``epoch`` (0-based) is an analysis epoch: every ``every_n_epochs``-th, counting from 1.
+        """Whether ``epoch`` (0-based; the steps done on a step schedule) is an analysis point of the schedule.
 
         Example:
             >>> [e for e in range(6) if SpectralMonitor(every_n_epochs=2, seed=0).should_run(e)]
@@ -164,15 +176,16 @@ class SpectralMonitor:
         """
         return self.schedule.should_run(epoch)
 
-    def rng_for(self, epoch: int) -> np.random.Generator:
-        """The shuffles' generator for ``epoch``: depends only on (seed, epoch), so ranks and resumes agree.
+    def rng_for(self, epoch: int, step: int | None = None) -> np.random.Generator:
+        """The shuffles' generator of an analysis: depends only on (seed, position) (the epoch; the step on a
+        step schedule), so ranks and resumes agree.
 
         Example:
             >>> m = SpectralMonitor(seed=3)
             >>> float(m.rng_for(2).random()) == float(m.rng_for(2).random())
             True
         """
-        return rng_for(self.seed, epoch)
+        return rng_for(self.seed, self.schedule.position(epoch=epoch, step=step))
 
     # ------------------------------------------------------------------ analysis
     def snapshot(self, model: Any, *, copy: bool = False) -> list[LayerWeights] | None:
@@ -188,8 +201,9 @@ class SpectralMonitor:
         """
         return self.analyzer.snapshot(model, copy=copy)
 
-    def analyze(self, model: Any, *, epoch: int) -> SpectralReport | None:
-        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch``.
+    def analyze(self, model: Any, *, epoch: int, step: int | None = None) -> SpectralReport | None:
+        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch`` (and
+        ``step``, which a step schedule's generator needs).
 
         Any exception becomes a warning and a None result: training never dies because of the analysis.
 
@@ -198,7 +212,7 @@ class SpectralMonitor:
             >>> report.layers[0].name
             'fc'
         """
-        return self.analyzer.analyze(model, rng=self.rng_for(epoch), epoch=epoch)
+        return self.analyzer.analyze(model, rng=self.rng_for(epoch, step), epoch=epoch)
 
     # ------------------------------------------------------------------ results
     def metrics_from(self, report: SpectralReport) -> dict[str, float]:
@@ -231,10 +245,14 @@ class SpectralMonitor:
             {}
         """
         if report is None:
-            return MonitorResult()
-        self.state.add(report, epoch=epoch, step=step)
-        decision = self._decide(report, epoch)
-        return MonitorResult(metrics=self.metrics_from(report), report=report, decision=decision)
+            return MonitorResult(epoch=epoch, step=step)
+        with self.lock:
+            entry = self.state.add(report, epoch=epoch, step=step)
+            if self.background is not None:
+                entry["background_waits"] = self.background.worker.waits
+            decision = self._decide(report, epoch)
+        metrics = self.metrics_from(report)
+        return MonitorResult(metrics=metrics, report=report, decision=decision, epoch=epoch, step=step)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
         """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there."""
@@ -258,7 +276,8 @@ class SpectralMonitor:
             >>> list(m.run({"fc.weight": np.random.default_rng(1).normal(size=(80, 40))}, epoch=0).metrics)
             ['ww/alpha']
         """
-        return self.process(self.analyze(model, epoch=epoch), epoch=epoch, step=step, is_last=is_last)
+        report = self.analyze(model, epoch=epoch, step=step)
+        return self.process(report, epoch=epoch, step=step, is_last=is_last)
 
     def _decide(self, report: SpectralReport, epoch: int) -> StopDecision | None:
         try:
@@ -300,7 +319,8 @@ class SpectralMonitor:
             >>> sorted(SpectralMonitor(seed=0).state_dict())[:3]
             ['history', 'last_report', 'rule']
         """
-        return self.state.state_dict(rule=self.early_stopping)
+        with self.lock:
+            return self.state.state_dict(rule=self.early_stopping)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict` saved; a resumed run continues the same history, patience and shuffles.
@@ -310,7 +330,8 @@ class SpectralMonitor:
             >>> b.load_state_dict(a.state_dict()); b.seed
             7
         """
-        self.state.load_state_dict(state, rule=self.early_stopping)
+        with self.lock:
+            self.state.load_state_dict(state, rule=self.early_stopping)
 
     # ------------------------------------------------------------------ sinks
     def resolve_wandb_run(self, candidate: Any = None) -> Any:
@@ -362,6 +383,6 @@ class SpectralMonitor:
 
     def __repr__(self) -> str:
         return (
-            f"SpectralMonitor(every_n_epochs={self.options.every_n_epochs}, metrics={self.metrics}, "
-            f"per_layer={self.per_layer}, prefix={self.prefix!r}, early_stopping={self.early_stopping!r})"
+            f"SpectralMonitor({self.schedule!r}, metrics={self.metrics}, per_layer={self.per_layer}, "
+            f"prefix={self.prefix!r}, early_stopping={self.early_stopping!r}, background={self.options.background})"
         )
