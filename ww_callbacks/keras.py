@@ -19,13 +19,14 @@ Importing this module imports keras (and so the configured backend); importing `
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 
-from .engine import EngineViews, SpectralMonitor, WatchOptions
+from .engine import EngineViews, MonitorResult, SpectralMonitor, StepSchedule, WatchOptions
 from .engine.options import HistoryPath
+from .engine.schedule import make_schedule
 from .sinks.lifecycle import summary_line, wandb_options
 from .spectral.report import STATUS_NON_FINITE, SpectralReport
 from .stopping import StoppingRule
@@ -37,7 +38,61 @@ log = logging.getLogger(__name__)
 _NAN = float("nan")
 
 
-class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
+class _StepsAndBackground:
+    """The Keras callback's step-schedule and background parts (``every_n_batches``, ``background=True``)."""
+
+    engine: SpectralMonitor
+    model: Any
+    params: dict[str, Any]
+    verbose: bool
+    restore_best_weights: bool
+    batches_seen: int
+    _on_steps: bool
+    _epoch: int
+    _latest: dict[str, float]
+    _analyze: Callable[..., dict[str, float]]
+    _track_best: Callable[[SpectralReport, int], None]
+
+    def _step_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """``on_train_batch_end`` on step schedules only (a batch hook turns off Keras' asynchronous steps)."""
+        self._drain()
+        self.batches_seen += 1
+        if self.engine.should_run(self.batches_seen):
+            values = self._analyze(self._epoch, step=self.batches_seen)
+            self._latest.update(values)
+            if logs is not None:  # at the batch analyzed: TensorBoard(update_freq=n) and batch loggers see it
+                logs.update(values)
+
+    def _use(self, result: MonitorResult) -> dict[str, float]:
+        """Act on one recorded result: verbose line, best weights, stop; its values for the logs."""
+        if result.report is None:
+            return {}
+        epoch = int(result.epoch or 0)
+        if self.verbose:
+            log.info("%s", summary_line(epoch, result.metrics))
+        if self.restore_best_weights:
+            self._track_best(result.report, epoch)
+        if result.stop and result.decision is not None:
+            self.model.stop_training = True
+            self.engine.record_stop(epoch, result.decision.reason)
+            log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
+        return result.metrics
+
+    def _drain(self) -> None:
+        """Background results finished so far: acted on now, their values go into the next epoch-end logs."""
+        if self.engine.background is not None:
+            for result in self.engine.background.collect():
+                self._latest.update(self._use(result))
+
+    def _is_last(self, epoch: int, step: int) -> bool:
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if self._on_steps:
+            return epochs is not None and steps is not None and step >= int(epochs) * int(steps)
+        return epochs is not None and epoch + 1 >= int(epochs)
+
+
+class WeightWatcherCallback(keras.callbacks.Callback, EngineViews, _StepsAndBackground):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
@@ -116,12 +171,13 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = None,
         metrics: Sequence[str] | None = None,
         per_layer: bool = False,
         prefix: str = "ww/",
         early_stopping: StoppingRule | None = None,
         *,
+        every_n_batches: int | None = None,
         restore_best_weights: bool = False,
         layers: Any = None,
         randomize: bool = True,
@@ -134,6 +190,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         media_every_n_epochs: int | None = None,
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
+        background: bool = False,
+        max_pending: int = 1,
     ) -> None:
         super().__init__()
         if history_path is True:
@@ -141,11 +199,16 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
                 "history_path=True asks for the default history file, but Keras has no log directory: "
                 "pass a file path (or None/False for no file)"
             )
-        self.engine = SpectralMonitor(WatchOptions.pick(locals()))
+        schedule = make_schedule(every_n_epochs, every_n_batches, steps_name="every_n_batches")
+        self.engine = SpectralMonitor(WatchOptions.pick(locals()), schedule=schedule)
         if restore_best_weights and (early_stopping is None or early_stopping.monitor is None):
             raise ValueError(
                 "restore_best_weights=True needs an early_stopping rule that monitors a metric "
                 "(AlphaBelow, Plateau, or AnyOf/AllOf of them)"
+            )
+        if restore_best_weights and background:
+            raise ValueError(
+                "restore_best_weights=True needs the weights of each analysis: use background=False"
             )
         self.restore_best_weights = bool(restore_best_weights)
         self.verbose = bool(verbose)
@@ -155,6 +218,14 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         self._keys: list[str] = []
         self._resumed = False
         self._first_epoch_pending = True
+        self._on_steps = isinstance(schedule, StepSchedule)
+        if self._on_steps:
+            self.on_train_batch_end = self._step_batch_end  # type: ignore[method-assign]
+        self.batches_seen = (
+            0  # batches of all fits since the start (or the resumed state), for every_n_batches
+        )
+        self._epoch = 0
+        self._latest: dict[str, float] = {}  # values for the next epoch-end logs (step schedule, background)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -164,7 +235,13 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             >>> sorted(WeightWatcherCallback(seed=0).state_dict())[:3]
             ['best_epoch', 'best_value', 'history']
         """
-        return {**self.engine.state_dict(), "best_epoch": self.best_epoch, "best_value": self._best_value}
+        state = self.engine.state_dict()
+        return {
+            **state,
+            "best_epoch": self.best_epoch,
+            "best_value": self._best_value,
+            "batches": self.batches_seen,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; the next ``fit`` then continues that history and patience instead of resetting.
@@ -179,27 +256,38 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         self.best_epoch = None if best_epoch is None else int(best_epoch)
         self._best_value = None if best_value is None else float(best_value)
         self.best_weights = None
+        self.batches_seen = int(state.get("batches", 0))
         self._resumed = True
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.engine.background is not None:  # a previous fit that raised may have left one running
+            self.engine.background.finish()
+            self.engine.background.collect()
         if not self._resumed:
             # Like Keras' EarlyStopping: an instance reused for another fit starts afresh.
             self.engine.reset()
             self.best_epoch, self._best_value = None, None
+            self.batches_seen = 0
         self._resumed = False
+        self._latest = {}
         self.best_weights = None
         self._keys = self._fixed_keys()
         self._first_epoch_pending = True
         self._open_sinks()
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = int(epoch)
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         epoch = int(epoch)
+        self._drain()
         values: dict[str, float] = {}
         # The first epoch of fit too: Keras' monitoring callbacks would otherwise start from a NaN "best".
-        if self.engine.should_run(epoch) or self._first_epoch_pending:
-            values = self._analyze(epoch)
+        if not self._on_steps and (self.engine.should_run(epoch) or self._first_epoch_pending):
+            values = self._analyze(epoch, wait=self._first_epoch_pending)
         self._first_epoch_pending = False
+        values, self._latest = {**self._latest, **values}, {}
         if logs is None:
             return
         for key in self._keys:
@@ -209,6 +297,9 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:
+            if self.engine.background is not None:
+                self.engine.background.finish()
+                self._drain()
             if self.restore_best_weights and self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
                 log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
@@ -221,23 +312,20 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             self.engine.close_sinks()
 
     # ------------------------------------------------------------------ the work
-    def _analyze(self, epoch: int) -> dict[str, float]:
-        report = self.engine.analyze(self.model, epoch=epoch)  # None (warned) if it failed
-        epochs = (self.params or {}).get("epochs")
-        is_last = epochs is not None and epoch + 1 >= int(epochs)
-        # Keras has no global step in its callbacks: the epoch is the step (also W&B's x-axis).
-        result = self.engine.process(report, epoch=epoch, step=epoch, is_last=is_last)
-        if result.report is None:
+    def _analyze(self, epoch: int, *, step: int | None = None, wait: bool = False) -> dict[str, float]:
+        """Analyze now (or submit to the worker: then the values come later, through `_drain`)."""
+        # Keras has no global step in its callbacks: on epoch schedules the epoch is the step (W&B's x-axis).
+        step = epoch if step is None else step
+        is_last = self._is_last(epoch, step)
+        background = self.engine.background
+        if background is not None:
+            background.submit(self.model, epoch=epoch, step=step, is_last=is_last)
+            if wait:  # the first analysis of a fit: Keras' monitoring callbacks must not start from NaN
+                background.finish()
+                self._drain()
             return {}
-        if self.verbose:
-            log.info("%s", summary_line(epoch, result.metrics))
-        if self.restore_best_weights:
-            self._track_best(result.report, epoch)
-        if result.stop and result.decision is not None:
-            self.model.stop_training = True
-            self.engine.record_stop(epoch, result.decision.reason)
-            log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
-        return result.metrics
+        report = self.engine.analyze(self.model, epoch=epoch, step=step)  # None (warned) if it failed
+        return self._use(self.engine.process(report, epoch=epoch, step=step, is_last=is_last))
 
     def _track_best(self, report: SpectralReport, epoch: int) -> None:
         rule = self.engine.early_stopping
@@ -277,7 +365,10 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             per_layer=self.engine.per_layer, summaries_elsewhere=not self.engine.owns_wandb_run(run)
         )
         self.engine.open_sinks(
-            history_path=self.engine.options.history_file(None), wandb_run=run, step_metric="epoch", **options
+            history_path=self.engine.options.history_file(None),
+            wandb_run=run,
+            step_metric="batch" if self._on_steps else "epoch",
+            **options,
         )
 
     def __repr__(self) -> str:

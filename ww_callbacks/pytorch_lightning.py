@@ -115,12 +115,13 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = None,
         metrics: Sequence[str] | None = None,
         per_layer: bool = False,
         prefix: str = "ww/",
         early_stopping: StoppingRule | None = None,
         *,
+        every_n_train_steps: int | None = None,
         run_on: str = "train_epoch_end",
         layers: Any = None,
         randomize: bool = True,
@@ -133,9 +134,11 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
         media_every_n_epochs: int | None = None,
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
+        background: bool = False,
+        max_pending: int = 1,
     ) -> None:
         super().__init__()
-        self._init_watch(WatchOptions.pick(locals()), run_on=run_on)
+        self._init_watch(WatchOptions.pick(locals()), run_on=run_on, every_n_train_steps=every_n_train_steps)
 
     @property
     @override
@@ -153,11 +156,17 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.engine.close_sinks()
+        self._end_fit(trainer, pl_module)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.engine.close_sinks()
+        self._end_fit(trainer, pl_module, exception)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch_end(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

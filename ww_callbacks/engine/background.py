@@ -246,7 +246,7 @@ class BackgroundAnalysis:
 
     def collect(self) -> list[MonitorResult]:
         """The results finished since the last call, oldest first (failed analyses have ``report=None``)."""
-        with self.monitor.lock:
+        with self.monitor.state.lock:
             out = list(self._finished)
             self._finished.clear()
         return out
@@ -281,7 +281,9 @@ class BackgroundAnalysis:
         monitor = self.monitor
         ready()
         report = monitor.analyzer.analyze(layers, rng=rng, epoch=epoch)
-        result = monitor.record(report, epoch=epoch, step=step)
-        monitor.emit(result, epoch=epoch, step=step, is_last=is_last or result.stop)
-        with monitor.lock:
+        with monitor.state.lock:  # history, rule and sinks, against state_dict() in the training thread
+            result = monitor.record(report, epoch=epoch, step=step)
+            if result.report is not None:
+                monitor.history[-1]["background_waits"] = self.worker.waits
+            monitor.emit(result, epoch=epoch, step=step, is_last=is_last or result.stop)
             self._finished.append(result)

@@ -22,7 +22,6 @@ The flow of one analyzed epoch::
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,9 +80,8 @@ class SpectralMonitor:
     Attributes:
         options: the checked `WatchOptions` (``metrics``, ``prefix``, ``per_layer``, ``early_stopping`` are
             also attributes of the monitor).
-        schedule, analyzer, state, sinks: the parts (`EpochSchedule`, `Analyzer`, `RunState`, `RunSinks`);
-            ``background``: the `BackgroundAnalysis` with ``background=True`` (else None); ``lock`` guards
-            the state the worker writes;
+        schedule, analyzer, state, sinks, background: the parts (`EpochSchedule`, `Analyzer`, `RunState`,
+            `RunSinks`, `BackgroundAnalysis` or None);
             ``seed``, ``history``, ``last_report``, ``stopped_epoch``, ``stop_reason`` read the state and
             ``analysis_time`` (seconds in snapshot + analysis) the analyzer.
 
@@ -99,13 +97,12 @@ class SpectralMonitor:
     """
 
     def __init__(
-        self, options: WatchOptions | None = None, *, schedule: Schedule | None = None, **kwargs: Any
+        self, options: WatchOptions | None = None, *, schedule: Schedule | None = None, **kw: Any
     ) -> None:
-        if options is not None and kwargs:
+        if options is not None and kw:
             raise TypeError("pass either a WatchOptions or its fields as keyword arguments, not both")
-        self.options = options if options is not None else WatchOptions(**kwargs)
+        self.options = options if options is not None else WatchOptions(**kw)
         self.schedule = schedule or make_schedule(self.options.every_n_epochs, None)
-        self.lock = threading.RLock()
         self.background = BackgroundAnalysis(self) if self.options.background else None
         self.analyzer = Analyzer(self.options, warn=self.warn)
         self.state = RunState(seed=fresh_seed() if self.options.seed is None else int(self.options.seed))
@@ -177,8 +174,7 @@ class SpectralMonitor:
         return self.schedule.should_run(epoch)
 
     def rng_for(self, epoch: int, step: int | None = None) -> np.random.Generator:
-        """The shuffles' generator of an analysis: depends only on (seed, position) (the epoch; the step on a
-        step schedule), so ranks and resumes agree.
+        """The shuffles' generator, from (seed, epoch) or on step schedules (seed, step): ranks and resumes agree.
 
         Example:
             >>> m = SpectralMonitor(seed=3)
@@ -191,9 +187,7 @@ class SpectralMonitor:
     def snapshot(self, model: Any, *, copy: bool = False) -> list[LayerWeights] | None:
         """The analyzable weights of ``model`` (filtered by ``layers``); None (with a warning) on error.
 
-        `analyze` runs while training waits, so by default the weights are read in place (the core never writes
-        to them; this saves a copy of every matrix each time). Pass ``copy=True`` to keep a snapshot that
-        training will not change, e.g. to analyze it later or in another thread.
+        Read in place by default (the core never writes); ``copy=True``: a snapshot training cannot change.
 
         Example:
             >>> [lw.name for lw in SpectralMonitor(seed=0).snapshot({"fc.weight": np.ones((20, 10))})]
@@ -202,8 +196,7 @@ class SpectralMonitor:
         return self.analyzer.snapshot(model, copy=copy)
 
     def analyze(self, model: Any, *, epoch: int, step: int | None = None) -> SpectralReport | None:
-        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch`` (and
-        ``step``, which a step schedule's generator needs).
+        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch`` / ``step``.
 
         Any exception becomes a warning and a None result: training never dies because of the analysis.
 
@@ -246,13 +239,9 @@ class SpectralMonitor:
         """
         if report is None:
             return MonitorResult(epoch=epoch, step=step)
-        with self.lock:
-            entry = self.state.add(report, epoch=epoch, step=step)
-            if self.background is not None:
-                entry["background_waits"] = self.background.worker.waits
-            decision = self._decide(report, epoch)
-        metrics = self.metrics_from(report)
-        return MonitorResult(metrics=metrics, report=report, decision=decision, epoch=epoch, step=step)
+        self.state.add(report, epoch=epoch, step=step)
+        decision = self._decide(report, epoch)
+        return MonitorResult(self.metrics_from(report), report, decision, epoch=epoch, step=step)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
         """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there."""
@@ -319,8 +308,7 @@ class SpectralMonitor:
             >>> sorted(SpectralMonitor(seed=0).state_dict())[:3]
             ['history', 'last_report', 'rule']
         """
-        with self.lock:
-            return self.state.state_dict(rule=self.early_stopping)
+        return self.state.state_dict(rule=self.early_stopping)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict` saved; a resumed run continues the same history, patience and shuffles.
@@ -330,8 +318,7 @@ class SpectralMonitor:
             >>> b.load_state_dict(a.state_dict()); b.seed
             7
         """
-        with self.lock:
-            self.state.load_state_dict(state, rule=self.early_stopping)
+        self.state.load_state_dict(state, rule=self.early_stopping)
 
     # ------------------------------------------------------------------ sinks
     def resolve_wandb_run(self, candidate: Any = None) -> Any:
@@ -382,7 +369,4 @@ class SpectralMonitor:
         warnings.warn(f"ww_callbacks: {message}", RuntimeWarning, stacklevel=3)
 
     def __repr__(self) -> str:
-        return (
-            f"SpectralMonitor({self.schedule!r}, metrics={self.metrics}, per_layer={self.per_layer}, "
-            f"prefix={self.prefix!r}, early_stopping={self.early_stopping!r}, background={self.options.background})"
-        )
+        return f"SpectralMonitor({self.schedule!r}, {self.options!r})"
