@@ -53,6 +53,9 @@ class _StepsAndBackground:
     _analyze: Callable[..., dict[str, float]]
     _track_best: Callable[[SpectralReport, int], None]
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = int(epoch)
+
     def _step_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """``on_train_batch_end`` on step schedules only (a batch hook turns off Keras' asynchronous steps)."""
         self._drain()
@@ -92,7 +95,7 @@ class _StepsAndBackground:
         return epochs is not None and epoch + 1 >= int(epochs)
 
 
-class WeightWatcherCallback(keras.callbacks.Callback, EngineViews, _StepsAndBackground):
+class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, EngineViews):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
@@ -119,21 +122,40 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews, _StepsAndBack
     threshold; never an epoch with NaN/Inf weights) and restores them when training ends, stopped or not, as
     Keras' ``EarlyStopping`` does.
 
+    Step schedule (``every_n_batches=n``): analyzes after every n-th batch, counting batches across epochs (and
+    fits, unless ``on_train_begin`` starts afresh), like ``ModelCheckpoint(save_freq=n)``; history rows carry
+    ``step`` (batches seen) and ``epoch``. The values go into that batch's ``logs`` (``TensorBoard(
+    update_freq=n)`` and batch-level loggers see them at that batch) and into the epoch-end ``logs`` (the
+    latest analysis of the epoch; NaN in an epoch without one).
+
+    Background (``background=True``): at the analysis point only the analyzed matrices are copied; a worker
+    thread analyzes, records (``history``, rule) and writes the history file and W&B sink at the analysis' own
+    epoch/step. The values reach ``logs`` at the next epoch end (the first analysis of a fit is waited for, so
+    stock callbacks never start from NaN), and the rule's decision sets ``model.stop_training`` at the next
+    hook: one analysis later than synchronously. W&B summaries sent through ``logs`` (``WandbMetricsLogger``)
+    are those of the next epoch end. With ``max_pending`` analyses pending the next analysis point waits
+    (``background_waits`` in the history). ``on_train_end`` finishes the pending work. When ``fit`` raises
+    (Ctrl-C too) Keras tells no callback: the running analysis completes on its daemon thread, writes the history
+    file, and the thread exits. Same numbers as ``background=False``.
+
     Distribution: under ``tf.distribute.MirroredStrategy`` Keras calls callbacks once per epoch, so the
     analysis runs once, on the mirrored values.
 
     Args:
-        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``.
+        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``;
+            None: every epoch unless ``every_n_batches`` is given (setting both raises ``ValueError``).
         metrics: summary metrics to write (weightwatcher column names, `ww_callbacks.SUMMARY_METRICS`);
             default alpha, alpha_weighted, log_spectral_norm and rand_distance.
         per_layer: also write each layer's metrics as ``{prefix}{layer path}/{metric}``.
         prefix: prefix of the keys.
         early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
+        every_n_batches: analyze after every n-th batch instead of at epoch ends.
         restore_best_weights: restore the weights of the best analyzed epoch at the end of training (needs a
             rule that monitors a metric).
         layers: only these layers (names, globs, kinds like ``"dense"``, ids; ``"-name"`` excludes).
         randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
-        seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``); None draws
+        seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``, batch
+            schedules ``[seed, step]``); None draws
             one from OS entropy.
         history_path: write every report to this JSON-lines file (`ww_callbacks.load_history` reads it). None
             (default) or False: no file (Keras has no log directory to put a default file in); a path: that
@@ -147,6 +169,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews, _StepsAndBack
         media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO) each analysis' summary, not only the stop and the restore.
+        background: analyze in a worker thread (see above; not with ``restore_best_weights``).
+        max_pending: analyses pending at most before an analysis point waits (default 1).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
@@ -275,9 +299,6 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews, _StepsAndBack
         self._keys = self._fixed_keys()
         self._first_epoch_pending = True
         self._open_sinks()
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch = int(epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         epoch = int(epoch)

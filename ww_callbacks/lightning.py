@@ -44,6 +44,8 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
     When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
     default) or at the end of that epoch's validation (``run_on="validation_epoch_end"``), once per epoch and
     only while fitting: sanity checks, ``fast_dev_run``, ``validate()``, ``test()`` and ``predict()`` are skipped.
+    With ``every_n_train_steps=n`` instead: in ``on_train_batch_end`` after the optimizer step that makes
+    ``global_step`` a multiple of n (``ModelCheckpoint``'s convention; accumulating batches do not count).
 
     What it does: reads the weights of the analyzable layers (Linear, Conv1d/2d, Embedding ...), runs
     `ww_callbacks.analyze` on them and logs the summary metrics with ``pl_module.log`` as ``{prefix}{metric}``
@@ -54,6 +56,24 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
     ``every_n_epochs > 1`` a stock ``EarlyStopping`` also counts the epochs in between; the ``early_stopping``
     rules count analyses only. Optionally writes every report to a JSON-lines history file and to W&B.
 
+    Step schedules: the values are logged through every logger with ``logger.log_metrics(..., step=s)``, where
+    ``s`` is the loggers' step of that batch (``global_step - 1``: the row of that batch's training loss),
+    whatever ``log_every_n_steps`` is, and put into ``trainer.callback_metrics``; history rows carry that
+    ``step`` and the ``epoch``. A stock ``ModelCheckpoint(monitor="ww/...", every_n_train_steps=n)`` sees the
+    new value at the analyzed step (checkpoint callbacks run last); a stock ``EarlyStopping`` checks at epoch
+    (or validation) ends and sees the latest analysis then.
+
+    Background (``background=True``): at the analysis point the callback only copies the analyzed matrices
+    (CUDA: into pinned host memory, non-blocking) and a worker thread analyzes, records and writes the history
+    file and W&B. The results are logged through the loggers at the step they belong to, and into
+    ``callback_metrics``, at the next hook (the next batch end or epoch end; under DDP at the next analysis
+    point or epoch end), and the rule's decision takes effect there: training stops one analysis later than
+    it would synchronously. With ``max_pending`` analyses pending, the next analysis point waits for the oldest
+    (never skipped; ``background_waits`` in the history counts the waits). At the end of ``fit`` the pending
+    work is finished and logged before the sinks close; on an exception too (Ctrl-C: only the running
+    analysis, for at most 30 s; then it is abandoned with a warning; its daemon thread never keeps the
+    process alive). The numbers are exactly those of ``background=False``.
+
     Early stopping: the ``early_stopping`` rule (`ww_callbacks.stopping`) sees every report; when it says stop,
     the decision is reduced over ranks (``reduce_boolean_decision``, any rank stops all) and turned into
     ``trainer.should_stop`` once ``min_epochs``/``min_steps`` are met; ``stopped_epoch`` and ``stop_reason``
@@ -61,19 +81,22 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
 
     Distributed: rank 0 analyzes and broadcasts the report; every rank then logs the same values, feeds its
     rule the same report and stops at the same epoch. The shuffles of epoch ``e`` come from
-    ``numpy.random.default_rng([seed, e])``, so they do not depend on the rank or on resuming.
+    ``numpy.random.default_rng([seed, e])`` (step schedules: ``[seed, step]``), so they do not depend on the
+    rank or on resuming.
 
     Resuming: ``state_dict()`` keeps the history, the rule's state (patience count ...), the seed and the last
     report; the ``state_key`` includes the prefix, so several instances can share a checkpoint.
 
     Args:
-        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``).
+        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``); None: every epoch unless
+            ``every_n_train_steps`` is given (setting both raises ``ValueError``).
         metrics: summary metrics to log (weightwatcher column names); default alpha, alpha_weighted,
             log_spectral_norm and rand_distance.
         per_layer: also log each layer's metrics.
         prefix: prefix of the logged names and of the ``state_key``.
         early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
-        run_on: ``"train_epoch_end"`` or ``"validation_epoch_end"``.
+        every_n_train_steps: analyze after every n-th optimizer step instead of at epoch ends.
+        run_on: ``"train_epoch_end"`` or ``"validation_epoch_end"`` (epoch schedules).
         layers: only these layers (names, globs, kinds like ``"dense"``, ids; ``"-name"`` excludes).
         randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
         seed: seed of the randomized ESDs; None draws one from OS entropy (rank 0's is used everywhere).
@@ -87,6 +110,8 @@ class WeightWatcherCallback(Callback, LightningWatcherMixin):
         media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO, rank 0) each analysis' summary, not only the stop.
+        background: analyze in a worker thread (see above); same numbers, results one hook later.
+        max_pending: analyses pending at most before an analysis point waits (default 1).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
