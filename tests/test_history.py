@@ -77,16 +77,16 @@ def test_resume_appends_and_append_false_starts_over(tmp_path, reports):
 def test_resume_from_older_checkpoint_keeps_newest_lines(tmp_path, reports):
     path = tmp_path / "h.jsonl"
     _write(path, reports, [0, 1, 2])
-    # Resumed from the epoch-0 checkpoint: epoch 1 is analyzed again and comes out different.
+    # Resumed from the epoch-0 checkpoint: epoch 1 is analyzed again (at the same step) and comes out different.
     with HistoryWriter(path) as writer:
-        writer.write(reports[3], epoch=1, step=999)
+        writer.write(reports[3], epoch=1, step=200)
+        writer.write(reports[3], epoch=2, step=250)  # a step schedule: a second analysis within epoch 2
     rows = load_history(path, as_pandas=False)
-    assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [(r["epoch"], r["step"]) for r in rows][::3] == [(0, 100), (1, 200), (2, 250), (2, 300)]
     epoch1 = [r for r in rows if r["epoch"] == 1]
-    assert all(r["step"] == 999 for r in epoch1)
     assert [r["layer"] for r in epoch1] == list(LAYERS)
     assert same(epoch1[0]["alpha"], reports[3]["encoder.fc1"].alpha)
-    assert len(load_history(path, as_pandas=False, dedupe=False)) == 12
+    assert len(load_history(path, as_pandas=False, dedupe=False)) == 15
 
 
 def test_truncated_last_line_is_skipped_and_cut_before_appending(tmp_path, reports, caplog):

@@ -85,10 +85,10 @@ class LightningWatcherMixin(EngineViews):
         )
 
     def _epoch_end(self, trainer: Any, pl_module: Any, hook: str) -> None:
-        if self.engine.background is not None and not trainer.sanity_checking:
-            self._drain(trainer, pl_module)
         if hook == self.run_on and not self._on_steps:
             self._maybe_run(trainer, pl_module)
+        if self.engine.background is not None and not trainer.sanity_checking:
+            self._drain(trainer, pl_module)  # after a submit that waited for the worker: its result too
 
     # ---------------------------------------------------------------- the work
     def _should_skip(self, trainer: Any) -> bool:
@@ -222,11 +222,11 @@ class LightningWatcherMixin(EngineViews):
     # ---------------------------------------------------------------- step schedules, background analysis
     def _batch_end(self, trainer: Any, pl_module: Any) -> None:
         due = self._step_due(trainer)
+        if due:
+            self._run_at_step(trainer, pl_module)
         # Under DDP results are shared with a collective: only where every rank comes (analysis points).
         if self.engine.background is not None and (due or trainer.world_size <= 1):
             self._drain(trainer, pl_module)
-        if due:
-            self._run_at_step(trainer, pl_module)
 
     def _step_due(self, trainer: Any) -> bool:
         if not self._on_steps or trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":

@@ -58,13 +58,13 @@ class _StepsAndBackground:
 
     def _step_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         """``on_train_batch_end`` on step schedules only (a batch hook turns off Keras' asynchronous steps)."""
-        self._drain()
         self.batches_seen += 1
         if self.engine.should_run(self.batches_seen):
             values = self._analyze(self._epoch, step=self.batches_seen)
             self._latest.update(values)
             if logs is not None:  # at the batch analyzed: TensorBoard(update_freq=n) and batch loggers see it
                 logs.update(values)
+        self._drain()
 
     def _use(self, result: MonitorResult) -> dict[str, float]:
         """Act on one recorded result: verbose line, best weights, stop; its values for the logs."""
@@ -302,12 +302,12 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         epoch = int(epoch)
-        self._drain()
         values: dict[str, float] = {}
         # The first epoch of fit too: Keras' monitoring callbacks would otherwise start from a NaN "best".
         if not self._on_steps and (self.engine.should_run(epoch) or self._first_epoch_pending):
             values = self._analyze(epoch, wait=self._first_epoch_pending)
         self._first_epoch_pending = False
+        self._drain()  # after a submit that waited for the worker: its result too
         values, self._latest = {**self._latest, **values}, {}
         if logs is None:
             return

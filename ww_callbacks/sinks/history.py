@@ -200,16 +200,17 @@ def read_history_rows(path: PathLike) -> list[dict[str, Any]]:
 
 
 def _latest_per_epoch_and_layer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the last row written for each (epoch, layer), ordered by epoch then original layer order.
+    """Keep the last row written for each (epoch, step, layer), ordered by epoch and step, then original layer
+    order (a step schedule analyzes several times per epoch).
 
     A run resumed from an older checkpoint re-analyzes epochs that are already in the file; the newer lines win.
     """
-    latest: dict[tuple[Any, Any], tuple[int, dict[str, Any]]] = {}
+    latest: dict[tuple[Any, Any, Any], tuple[int, dict[str, Any]]] = {}
     for index, row in enumerate(rows):
-        key = (row["epoch"], row["layer"])
+        key = (row["epoch"], row.get("step", 0), row["layer"])
         first_index = latest[key][0] if key in latest else index
         latest[key] = (first_index, row)
-    ordered = sorted(latest.values(), key=lambda item: (item[1]["epoch"], item[0]))
+    ordered = sorted(latest.values(), key=lambda item: (item[1]["epoch"], item[1].get("step", 0), item[0]))
     return [row for _, row in ordered]
 
 
@@ -220,7 +221,7 @@ def load_history(path: PathLike, *, as_pandas: bool | None = None, dedupe: bool 
         path: the JSON-lines file.
         as_pandas: True for a ``pandas.DataFrame``, False for a list of dicts, None (default) for a DataFrame
             when pandas is importable and a list otherwise.
-        dedupe: keep only the last line written for each (epoch, layer), so epochs re-analyzed after a resume
+        dedupe: keep only the last line written for each (epoch, step, layer), so analyses repeated after a resume
             appear once (default True).
 
     Returns:
@@ -294,15 +295,15 @@ def summarize_history(history: Any, *, metrics: Iterable[str] = SUMMARY_METRICS)
     """
     metrics = list(metrics)
     groups: dict[Any, list[dict[str, Any]]] = {}
-    for row in as_records(history):
-        groups.setdefault(row["epoch"], []).append(row)
+    for row in as_records(history):  # one analysis per (epoch, step): step schedules analyze within epochs
+        groups.setdefault((row["epoch"], int(row.get("step", 0))), []).append(row)
     out = []
-    for epoch in sorted(groups):
-        rows = groups[epoch]
+    for epoch, step in sorted(groups):
+        rows = groups[epoch, step]
         ok = [r for r in rows if r.get("status", STATUS_SUCCESS) == STATUS_SUCCESS]
         summary: dict[str, Any] = {
             "epoch": epoch,
-            "step": max(int(r.get("step", 0)) for r in rows),
+            "step": step,
             "num_layers": len(rows),
             "num_summarized": len(ok),
         }
