@@ -74,6 +74,7 @@ class BackgroundWorker:
         self._queue: collections.deque[Callable[[], Any]] = collections.deque()
         self._running = 0
         self._thread: threading.Thread | None = None
+        self._leaving: threading.Thread | None = None  # a thread that found nothing to do and is returning
 
     @property
     def pending(self) -> int:
@@ -112,8 +113,8 @@ class BackgroundWorker:
                 if left <= 0:
                     return False
                 self._cond.wait(left)
-        thread = self._thread
-        if thread is not None:  # it is leaving: nothing pending (bounded: it only returns)
+            threads = [t for t in (self._thread, self._leaving) if t is not None]
+        for thread in threads:  # nothing pending: they are returning (bounded)
             thread.join(timeout=None if deadline is None else max(deadline - time.monotonic(), _SLICE))
         return True
 
@@ -129,7 +130,7 @@ class BackgroundWorker:
         while True:
             with self._cond:
                 if not self._queue:
-                    self._thread = None
+                    self._thread, self._leaving = None, threading.current_thread()
                     self._cond.notify_all()
                     return
                 job = self._queue.popleft()
