@@ -267,7 +267,8 @@ class LightningWatcherMixin(EngineViews):
             if result.report is None:
                 continue
             self._log_at_step(trainer, result)
-            if act and self.engine.early_stopping is not None:
+            # The first stop counts: analyses that finish after it do not move the recorded stop.
+            if act and self.engine.early_stopping is not None and not trainer.should_stop:
                 self._apply_decision(trainer, result.decision, int(result.epoch or 0))
 
     def _share_results(self, trainer: Any, results: list[MonitorResult]) -> list[MonitorResult]:

@@ -75,7 +75,7 @@ class _StepsAndBackground:
             log.info("%s", summary_line(epoch, result.metrics))
         if self.restore_best_weights:
             self._track_best(result.report, epoch)
-        if result.stop and result.decision is not None:
+        if result.stop and result.decision is not None and self.engine.stopped_epoch is None:
             self.model.stop_training = True
             self.engine.record_stop(epoch, result.decision.reason)
             log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
