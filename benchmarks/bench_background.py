@@ -73,7 +73,7 @@ def _bert_step(model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generato
 
 SETUPS = {
     "mlp": Setup(mnist_mlp, _mlp_step, every_n_steps=10, analyses=10),
-    "bert-base": Setup(bert_base, _bert_step, every_n_steps=25, analyses=3),
+    "bert-base": Setup(bert_base, _bert_step, every_n_steps=10, analyses=3),
 }
 
 

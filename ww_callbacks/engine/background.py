@@ -8,8 +8,10 @@ training loop (the power-law fits hold the GIL while they run; they are a small 
 
 At most ``max_pending`` jobs are queued or running; `submit` on a full worker waits for the oldest to finish
 (training blocks: counted in ``waits`` / ``wait_time``) rather than skipping an analysis, so a background run
-analyzes exactly the same points as a synchronous one. The thread exits as soon as the queue is empty, so no
-thread outlives the work, even when the framework never tells the callback that training died (Keras).
+analyzes exactly the same points as a synchronous one. The thread stays up between analyses (starting one at
+every analysis point would cost the training loop milliseconds), exits when `wait_idle` finds nothing left,
+and on its own after ``idle_exit`` seconds without work, so no thread outlives the work, even when the framework
+never tells the callback that training died (Keras).
 Waiting is done in short slices, so Ctrl-C (KeyboardInterrupt) still reaches the main thread.
 
 `host_copies` turns a snapshot whose matrices are CUDA tensors into pinned host copies made with non-blocking
@@ -57,17 +59,22 @@ class BackgroundWorker:
     Args:
         max_pending: jobs queued or running at most; `submit` waits while that many are pending.
         name: the thread's name.
+        idle_exit: seconds without work after which the thread exits (a later `submit` starts a new one).
 
     Attributes:
         waits: how many `submit` calls had to wait for the worker.
         wait_time: seconds `submit` spent waiting.
     """
 
-    def __init__(self, *, max_pending: int = 1, name: str = "ww-callbacks-analysis") -> None:
+    def __init__(
+        self, *, max_pending: int = 1, name: str = "ww-callbacks-analysis", idle_exit: float = 2.0
+    ) -> None:
         if int(max_pending) < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.max_pending = int(max_pending)
         self.name = name
+        self.idle_exit = float(idle_exit)
+        self._closing = False  # set by wait_idle: the thread leaves as soon as nothing is queued
         self.waits = 0
         self.wait_time = 0.0
         self._cond = threading.Condition()
@@ -100,6 +107,8 @@ class BackgroundWorker:
                 finally:
                     self.wait_time += time.perf_counter() - start
             self._queue.append(job)
+            self._closing = False
+            self._cond.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
@@ -113,6 +122,8 @@ class BackgroundWorker:
                 if left <= 0:
                     return False
                 self._cond.wait(left)
+            self._closing = True
+            self._cond.notify_all()
             threads = [t for t in (self._thread, self._leaving) if t is not None]
         for thread in threads:  # nothing pending: they are returning (bounded)
             thread.join(timeout=None if deadline is None else max(deadline - time.monotonic(), _SLICE))
@@ -129,10 +140,13 @@ class BackgroundWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                if not self._queue:
-                    self._thread, self._leaving = None, threading.current_thread()
-                    self._cond.notify_all()
-                    return
+                idle_since = time.monotonic()
+                while not self._queue:
+                    if self._closing or time.monotonic() - idle_since >= self.idle_exit:
+                        self._thread, self._leaving = None, threading.current_thread()
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait(_SLICE)
                 job = self._queue.popleft()
                 self._running = 1
             try:
