@@ -131,6 +131,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three modes")
+    parser.add_argument("--every", type=int, default=None, help="analyze every N steps (default: per model)")
+    parser.add_argument("--analyses", type=int, default=None, help="analyses per run (default: per model)")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads; "
@@ -145,11 +147,15 @@ def main() -> None:
     print("-" * len(header))
     for name in args.models:
         setup = SETUPS[name]
+        setup = Setup(
+            setup.build, setup.step, args.every or setup.every_n_steps, args.analyses or setup.analyses
+        )
         copy_s, pickle_s, mib = _copy_and_pickle_times(setup, repeats=5)
         runs: dict[str, list[Run]] = {mode: [] for mode in MODES}
         for _ in range(args.rounds):
             for mode in MODES:
                 runs[mode].append(_train(setup, mode))
+                print(f"  {name} {mode}: {runs[mode][-1].wall:.1f} s", file=sys.stderr, flush=True)
         wall = {mode: statistics.median(r.wall for r in runs[mode]) for mode in MODES}
         sync = statistics.median(t for r in runs["sync"] for t in r.blocked)
         bg_all = [t for r in runs["background"] for t in r.blocked]
