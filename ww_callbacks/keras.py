@@ -257,7 +257,7 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
 
         Example:
             >>> sorted(WeightWatcherCallback(seed=0).state_dict())[:3]
-            ['best_epoch', 'best_value', 'history']
+            ['batches', 'best_epoch', 'best_value']
         """
         state = self.engine.state_dict()
         return {
