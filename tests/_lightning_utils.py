@@ -54,10 +54,12 @@ def scheduled_net_class(namespace: str) -> tuple[type, type]:
             alpha_schedule: Sequence[float] | None = None,
             nan_from_epoch: int | None = None,
             data_seed: int = 0,
+            step_loss: bool = False,
         ) -> None:
             super().__init__()
             self.alpha_schedule = list(alpha_schedule) if alpha_schedule is not None else None
             self.nan_from_epoch = nan_from_epoch
+            self.step_loss = step_loss  # also log the training loss at every step (train_loss_step)
             self.fc1 = nn.Linear(IN, HIDDEN)
             self.fc2 = nn.Linear(HIDDEN, OUT)
             self.scale = nn.Parameter(torch.ones(()))
@@ -78,7 +80,7 @@ def scheduled_net_class(namespace: str) -> tuple[type, type]:
         def training_step(self, batch, batch_idx):
             x, y = batch
             loss = torch.nn.functional.mse_loss(self(x), y)
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            self.log("train_loss", loss, on_step=self.step_loss, on_epoch=True)
             return loss
 
         def configure_optimizers(self):

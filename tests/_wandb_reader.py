@@ -166,7 +166,7 @@ class OfflineRun:
         return found
 
 
-def read_run(where: str | Path, *, timeout: float = 60.0) -> OfflineRun:
+def read_run(where: str | Path, *, timeout: float = 180.0) -> OfflineRun:
     """Read the single ``run-*.wandb`` file found under ``where`` (a file, a run folder or a wandb ``dir``).
 
     ``run.finish()`` can return before W&B's service process has written the last records, so this waits

@@ -80,15 +80,16 @@ def test_resume_from_older_checkpoint_keeps_newest_lines(tmp_path, reports):
     # Resumed from the epoch-0 checkpoint: epoch 1 is analyzed again (at the same step) and comes out different.
     with HistoryWriter(path) as writer:
         writer.write(reports[3], epoch=1, step=200)
+        writer.write(reports[3], epoch=2, step=250)  # a step schedule: a second analysis within epoch 2
     rows = load_history(path, as_pandas=False)
-    assert [r["epoch"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [(r["epoch"], r["step"]) for r in rows][::3] == [(0, 100), (1, 200), (2, 250), (2, 300)]
     epoch1 = [r for r in rows if r["epoch"] == 1]
     assert all(r["step"] == 200 for r in epoch1)
     assert [r["layer"] for r in epoch1] == list(LAYERS)
     assert same(epoch1[0]["alpha"], reports[3]["encoder.fc1"].alpha)
-    assert len(load_history(path, as_pandas=False, dedupe=False)) == 12
+    assert len(load_history(path, as_pandas=False, dedupe=False)) == 15
     # the top-level function is the same function, dedupe included
-    assert len(ww_callbacks.load_history(path, as_pandas=False, dedupe=False)) == 12
+    assert len(ww_callbacks.load_history(path, as_pandas=False, dedupe=False)) == 15
     assert ww_callbacks.load_history(path, as_pandas=False) == rows
 
 

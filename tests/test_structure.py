@@ -22,9 +22,11 @@ PACKAGE = Path(ww_callbacks.__file__).parent
 
 #: Each callback module and the options only it has (everything else is a `WatchOptions` field).
 CALLBACKS = [
-    pytest.param("ww_callbacks.lightning", {"run_on"}, id="lightning"),
-    pytest.param("ww_callbacks.pytorch_lightning", {"run_on"}, id="pytorch_lightning"),
-    pytest.param("ww_callbacks.keras", {"restore_best_weights"}, id="keras", marks=pytest.mark.keras),
+    pytest.param("ww_callbacks.lightning", {"every_n_train_steps", "run_on"}, id="lightning"),
+    pytest.param("ww_callbacks.pytorch_lightning", {"every_n_train_steps", "run_on"}, id="pytorch_lightning"),
+    pytest.param(
+        "ww_callbacks.keras", {"every_n_batches", "restore_best_weights"}, id="keras", marks=pytest.mark.keras
+    ),
     pytest.param("ww_callbacks.transformers", {"every_n_steps"}, id="transformers"),
 ]
 
@@ -80,7 +82,8 @@ def test_lightning_callbacks_are_class_statements(module, own_options):
         "class WeightWatcherCallback(Callback, LightningWatcherMixin):"
     )
     # Every hook it implements is a real override of the namespace's Callback.
-    for hook in ("setup", "on_fit_start", "on_fit_end", "on_exception", "state_dict", "load_state_dict"):
+    hooks = ("setup", "on_fit_start", "on_fit_end", "on_exception", "on_train_batch_end")
+    for hook in (*hooks, "state_dict", "load_state_dict"):
         assert getattr(callback.__dict__[hook], "__override__", False), hook
     instance = callback(seed=0)
     assert instance.monitor is instance.engine  # the engine's former name still works

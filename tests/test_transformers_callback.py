@@ -107,8 +107,10 @@ def test_values_reach_wandb_offline_once_at_their_step(tmp_path, monkeypatch):
     args = training_args(tmp_path / "out", max_steps=6, report_to=["wandb"])
     trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=TokenData(), callbacks=[ww])
     trainer.train()
+    # the run's own folder: wandb keeps the settings (WANDB_DIR) of the first run of the process
+    run_folder = Path(wandb.run.dir).parent
     wandb.finish()
-    run = read_run(tmp_path / "wandb")
+    run = read_run(run_folder)
     rows = run.rows_with("train/ww/alpha")
     assert [r["train/global_step"] for r in rows] == [2, 4, 6]  # once per analysis
     for row, h in zip(rows, ww.history, strict=True):
@@ -117,6 +119,41 @@ def test_values_reach_wandb_offline_once_at_their_step(tmp_path, monkeypatch):
     # the sink's per-layer table and values share the Trainer's step axis
     assert [r["train/global_step"] for r in run.rows_with("ww/layers")] == [2, 4, 6]
     assert not run.rows_with("ww/alpha")  # the summaries are not logged a second time by the sink
+
+
+def test_background_gives_the_synchronous_numbers_logged_at_their_steps(tmp_path):
+    histories, entries, scalars = [], [], []
+    for background in (False, True):
+        out = tmp_path / ("bg" if background else "sync")
+        ww = WeightWatcherCallback(every_n_steps=3, seed=0, background=background)
+        trainer = Trainer(
+            model=tiny_bert(),
+            args=training_args(out, max_steps=9),
+            train_dataset=TokenData(),
+            callbacks=[TensorBoardCallback(), ww],
+        )
+        trainer.train()
+        histories.append([{k: h[k] for k in ("epoch", "step", *SUMMARY)} for h in ww.history])
+        entries.append([(e["step"], e["ww/alpha"]) for e in _ww_entries(trainer)])
+        scalars.append(_tensorboard_scalars(out)["train/ww/alpha"])
+        assert sorted({r["step"] for r in load_history(out / "ww_history.jsonl", as_pandas=False)}) == [3, 6, 9]
+    assert histories[0] == histories[1] and [h["step"] for h in histories[1]] == [3, 6, 9]
+    # logged once each, at the step the analysis belongs to, even when it finished later
+    assert entries[0] == entries[1] and [step for step, _ in entries[1]] == [3, 6, 9]
+    assert scalars[0] == scalars[1] and [step for step, _ in scalars[1]] == [3, 6, 9]
+
+
+def test_background_stop_takes_effect_one_analysis_late_at_most(tmp_path):
+    ww = WeightWatcherCallback(every_n_steps=1, seed=0, background=True, early_stopping=_never_improves())
+    trainer = Trainer(
+        model=tiny_gpt2(),
+        args=training_args(tmp_path, max_steps=20),
+        train_dataset=TokenData(n=320),
+        callbacks=[ww],
+    )
+    trainer.train()
+    # the rule fires on the 4th analysis (step 4); its result is acted on at a later step end, at most one later
+    assert ww.stopped_step == 4 and trainer.state.global_step in (4, 5)
 
 
 # ---------------------------------------------------------------------- stopping and resuming

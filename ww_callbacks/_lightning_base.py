@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .engine import EngineViews, MonitorResult, SpectralMonitor, WatchOptions
+from .engine import EngineViews, MonitorResult, SpectralMonitor, StepSchedule, WatchOptions
+from .engine.schedule import make_schedule
 from .sinks.lifecycle import summary_line, wandb_options
 from .spectral.report import SpectralReport
 from .stopping import StopDecision
@@ -32,8 +33,8 @@ class LightningWatcherMixin(EngineViews):
 
     A concrete callback sets `_rank_zero_info` and `_wandb_logger_cls` for its namespace, calls `_init_watch`
     from ``__init__`` and forwards its hooks: ``setup`` to `_setup_fit`, ``on_fit_start`` to `_open_sinks`,
-    ``on_fit_end``/``on_exception`` to ``engine.close_sinks``, the epoch-end hooks to `_epoch_end`, and
-    ``state_dict``/``load_state_dict`` to the engine's.
+    ``on_fit_end``/``on_exception`` to `_end_fit`, the epoch-end hooks to `_epoch_end`,
+    ``on_train_batch_end`` to `_batch_end`, and ``state_dict``/``load_state_dict`` to the engine's.
     """
 
     #: ``rank_zero_info`` of the callback's Lightning namespace.
@@ -45,20 +46,30 @@ class LightningWatcherMixin(EngineViews):
     run_on: str
     verbose: bool
 
-    def _init_watch(self, options: WatchOptions, *, run_on: str) -> None:
+    def _init_watch(
+        self, options: WatchOptions, *, run_on: str, every_n_train_steps: int | None = None
+    ) -> None:
         if run_on not in RUN_ON:
             raise ValueError(f"run_on must be one of {RUN_ON}, got {run_on!r}")
-        self.engine = SpectralMonitor(options)
+        schedule = make_schedule(
+            options.every_n_epochs, every_n_train_steps, steps_name="every_n_train_steps"
+        )
+        self.engine = SpectralMonitor(options, schedule=schedule)
         self.run_on = run_on
         self.verbose = options.verbose
         self._last_epoch_run: int | None = None
+        self._last_step_run: int | None = None
+
+    @property
+    def _on_steps(self) -> bool:
+        return isinstance(self.engine.schedule, StepSchedule)
 
     # ---------------------------------------------------------------- what the hooks call
     def _setup_fit(self, trainer: Any, stage: str) -> None:
         if stage != "fit":
             return
         _refuse_unsupported_strategy(trainer.strategy)
-        self._last_epoch_run = None
+        self._last_epoch_run = self._last_step_run = None
         if trainer.world_size > 1:
             # Rank 0's seed everywhere (a checkpoint's, loaded later, is the same on every rank anyway).
             self.engine.seed = int(trainer.strategy.broadcast(self.engine.seed, src=0))
@@ -76,8 +87,10 @@ class LightningWatcherMixin(EngineViews):
         )
 
     def _epoch_end(self, trainer: Any, pl_module: Any, hook: str) -> None:
-        if hook == self.run_on:
+        if hook == self.run_on and not self._on_steps:
             self._maybe_run(trainer, pl_module)
+        if self.engine.background is not None and not trainer.sanity_checking:
+            self._drain(trainer, pl_module)  # after a submit that waited for the worker: its result too
 
     # ---------------------------------------------------------------- the work
     def _should_skip(self, trainer: Any) -> bool:
@@ -85,6 +98,7 @@ class LightningWatcherMixin(EngineViews):
             trainer.sanity_checking
             or trainer.fast_dev_run
             or trainer.state.fn != "fit"
+            or self._on_steps
             or not self.engine.should_run(trainer.current_epoch)
             or self._last_epoch_run == trainer.current_epoch  # several validations in one epoch
         )
@@ -95,21 +109,27 @@ class LightningWatcherMixin(EngineViews):
             return
         epoch, step = int(trainer.current_epoch), self._logged_step(trainer)
         self._last_epoch_run = epoch
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: no limit
+        if self.engine.background is not None:
+            self._submit(trainer, pl_module, epoch=epoch, step=step, is_last=0 < max_epochs <= epoch + 1)
+            return
         report = self._analyze_and_share(trainer, pl_module, epoch)
         result = self.engine.record(report, epoch=epoch, step=step)
         self._log_metrics(trainer, pl_module, result)
         stops = self.engine.early_stopping is not None and self._apply_decision(
             trainer, result.decision, epoch
         )
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: no limit
         # "last" means training ends here: not when a rule fired but min_epochs/min_steps keep it going.
         self.engine.emit(result, epoch=epoch, step=step, is_last=stops or 0 < max_epochs <= epoch + 1)
 
-    def _analyze_and_share(self, trainer: Any, pl_module: Any, epoch: int) -> SpectralReport | None:
+    def _analyze_and_share(
+        self, trainer: Any, pl_module: Any, epoch: int, step: int | None = None
+    ) -> SpectralReport | None:
         if trainer.world_size <= 1:
-            return self.engine.analyze(pl_module, epoch=epoch)
+            return self.engine.analyze(pl_module, epoch=epoch, step=step)
         # Every rank analyzes its share (rank 0 all of it with shard_layers=False) and gets the merged report.
-        return self.engine.analyze(pl_module, epoch=epoch, collective=StrategyCollective(trainer))
+        collective = StrategyCollective(trainer)
+        return self.engine.analyze(pl_module, epoch=epoch, step=step, collective=collective)
 
     def _log_metrics(self, trainer: Any, pl_module: Any, result: MonitorResult) -> None:
         distributed = trainer.world_size > 1
@@ -152,10 +172,14 @@ class LightningWatcherMixin(EngineViews):
         """The step Lightning's loggers record this hook's metrics at, so history and W&B rows line up.
 
         Lightning logs epoch-end training metrics one step back (``FitLoop.on_advance_end``), and
-        validation-end metrics at the current step; both count batches that stepped the optimizer.
+        validation-end metrics at the current step; both count batches that stepped the optimizer. At
+        ``on_train_batch_end`` (step schedules) the count does not include this batch yet: the batch's training
+        loss is logged at that very step.
         """
         epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
         stepped = int(getattr(epoch_loop, "_batches_that_stepped", trainer.global_step))
+        if self._on_steps:
+            return stepped
         return max(stepped - 1, 0) if self.run_on == "train_epoch_end" else stepped
 
     @staticmethod
@@ -188,6 +212,108 @@ class LightningWatcherMixin(EngineViews):
         except Exception as exc:
             self.engine.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
             return None, False
+
+    # ---------------------------------------------------------------- step schedules, background analysis
+    def _batch_end(self, trainer: Any, pl_module: Any) -> None:
+        due = self._step_due(trainer)
+        if due:
+            self._run_at_step(trainer, pl_module)
+        # Under DDP results are shared with a collective: only where every rank comes (analysis points).
+        if self.engine.background is not None and (due or trainer.world_size <= 1):
+            self._drain(trainer, pl_module)
+
+    def _step_due(self, trainer: Any) -> bool:
+        if not self._on_steps or trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return False
+        global_step = int(trainer.global_step)  # counts optimizer steps: accumulating batches repeat it
+        return global_step != self._last_step_run and self.engine.should_run(global_step)
+
+    def _run_at_step(self, trainer: Any, pl_module: Any) -> None:
+        self._last_step_run = int(trainer.global_step)
+        epoch, step = int(trainer.current_epoch), self._logged_step(trainer)
+        max_steps = trainer.max_steps if trainer.max_steps is not None else -1
+        is_last = 0 < max_steps <= trainer.global_step
+        if self.engine.background is not None:
+            self._submit(trainer, pl_module, epoch=epoch, step=step, is_last=is_last)
+            return
+        report = self._analyze_and_share(trainer, pl_module, epoch, step)
+        result = self.engine.record(report, epoch=epoch, step=step)
+        self._log_at_step(trainer, result)
+        stops = self.engine.early_stopping is not None and self._apply_decision(
+            trainer, result.decision, epoch
+        )
+        self.engine.emit(result, epoch=epoch, step=step, is_last=stops or is_last)
+
+    def _submit(self, trainer: Any, pl_module: Any, *, epoch: int, step: int, is_last: bool) -> None:
+        background = self.engine.background
+        if background is not None and trainer.is_global_zero:  # rank 0 analyzes, the others get the results
+            background.submit(pl_module, epoch=epoch, step=step, is_last=is_last)
+
+    def _drain(self, trainer: Any, pl_module: Any, *, act: bool = True, share: bool = True) -> None:
+        """Log the background results finished so far at their own steps; act on their rules' decisions."""
+        background = self.engine.background
+        if background is None:
+            return
+        results = background.collect() if trainer.is_global_zero else []
+        if share and trainer.world_size > 1:
+            results = self._share_results(trainer, results)
+        for result in results:
+            if result.report is None:
+                continue
+            self._log_at_step(trainer, result)
+            # The first stop counts: analyses that finish after it do not move the recorded stop.
+            if act and self.engine.early_stopping is not None and not trainer.should_stop:
+                self._apply_decision(trainer, result.decision, int(result.epoch or 0))
+
+    def _share_results(self, trainer: Any, results: list[MonitorResult]) -> list[MonitorResult]:
+        payload = None
+        if trainer.is_global_zero:
+            payload = []
+            for r in results:
+                try:
+                    report = None if r.report is None else r.report.to_dict()
+                except Exception as exc:  # never leave the other ranks waiting on a broken report
+                    self.engine.warn(f"cannot share the report ({type(exc).__name__}: {exc})")
+                    report = None
+                payload.append((r.epoch, r.step, report))
+        payload = trainer.strategy.broadcast(payload, src=0)
+        if trainer.is_global_zero:
+            return results
+        return [
+            self.engine.record(None if d is None else SpectralReport.from_dict(d), epoch=e, step=s)
+            for e, s, d in payload
+        ]
+
+    def _log_at_step(self, trainer: Any, result: MonitorResult) -> None:
+        """Log ``result`` through the trainer's loggers at its own step, and into ``callback_metrics``.
+
+        ``pl_module.log`` cannot do this: step values reach the loggers only every ``log_every_n_steps``, and
+        a background result belongs to an earlier step than the current one.
+        """
+        if not result.metrics:
+            return
+        import torch
+
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics(dict(result.metrics), step=int(result.step or 0))
+            except Exception as exc:
+                self.engine.warn(f"logging to {type(logger).__name__} failed ({type(exc).__name__}: {exc})")
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in result.metrics.items()})
+        if self.verbose and result.report is not None:
+            type(self)._rank_zero_info(summary_line(int(result.epoch or 0), result.metrics))
+
+    def _end_fit(self, trainer: Any, pl_module: Any, exception: BaseException | None = None) -> None:
+        """Finish the background work (Ctrl-C: only the running analysis, briefly), log it, close the sinks."""
+        try:
+            background = self.engine.background
+            if background is not None:
+                if trainer.is_global_zero:
+                    background.finish(interrupted=isinstance(exception, KeyboardInterrupt))
+                # After an exception the other ranks may be gone: no collectives then.
+                self._drain(trainer, pl_module, act=False, share=exception is None)
+        finally:
+            self.engine.close_sinks()
 
     def __repr__(self) -> str:
         return f"WeightWatcherCallback({self.engine!r}, run_on={self.run_on!r})"

@@ -19,13 +19,14 @@ Importing this module imports keras (and so the configured backend); importing `
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
 
-from .engine import EngineViews, SpectralMonitor, WatchOptions
+from .engine import EngineViews, MonitorResult, SpectralMonitor, StepSchedule, WatchOptions
 from .engine.options import HistoryPath
+from .engine.schedule import make_schedule
 from .sinks.lifecycle import summary_line, wandb_options
 from .spectral.catalog import SUMMARY_COUNTS
 from .spectral.report import STATUS_NON_FINITE, SpectralReport
@@ -38,7 +39,64 @@ log = logging.getLogger(__name__)
 _NAN = float("nan")
 
 
-class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
+class _StepsAndBackground:
+    """The Keras callback's step-schedule and background parts (``every_n_batches``, ``background=True``)."""
+
+    engine: SpectralMonitor
+    model: Any
+    params: dict[str, Any]
+    verbose: bool
+    restore_best_weights: bool
+    batches_seen: int
+    _on_steps: bool
+    _epoch: int
+    _latest: dict[str, float]
+    _analyze: Callable[..., dict[str, float]]
+    _track_best: Callable[[SpectralReport, int], None]
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = int(epoch)
+
+    def _step_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """``on_train_batch_end`` on step schedules only (a batch hook turns off Keras' asynchronous steps)."""
+        self.batches_seen += 1
+        if self.engine.should_run(self.batches_seen):
+            values = self._analyze(self._epoch, step=self.batches_seen)
+            self._latest.update(values)
+            if logs is not None:  # at the batch analyzed: TensorBoard(update_freq=n) and batch loggers see it
+                logs.update(values)
+        self._drain()
+
+    def _use(self, result: MonitorResult) -> dict[str, float]:
+        """Act on one recorded result: verbose line, best weights, stop; its values for the logs."""
+        if result.report is None:
+            return {}
+        epoch = int(result.epoch or 0)
+        if self.verbose:
+            log.info("%s", summary_line(epoch, result.metrics))
+        if self.restore_best_weights:
+            self._track_best(result.report, epoch)
+        if result.stop and result.decision is not None and self.engine.stopped_epoch is None:
+            self.model.stop_training = True
+            self.engine.record_stop(epoch, result.decision.reason)
+            log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
+        return result.metrics
+
+    def _drain(self) -> None:
+        """Background results finished so far: acted on now, their values go into the next epoch-end logs."""
+        if self.engine.background is not None:
+            for result in self.engine.background.collect():
+                self._latest.update(self._use(result))
+
+    def _is_last(self, epoch: int, step: int) -> bool:
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if self._on_steps:
+            return epochs is not None and steps is not None and step >= int(epochs) * int(steps)
+        return epochs is not None and epoch + 1 >= int(epochs)
+
+
+class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, EngineViews):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
@@ -65,22 +123,41 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
     threshold; never an epoch with NaN/Inf weights) and restores them when training ends, stopped or not, as
     Keras' ``EarlyStopping`` does.
 
+    Step schedule (``every_n_batches=n``): analyzes after every n-th batch, counting batches across epochs (and
+    fits, unless ``on_train_begin`` starts afresh), like ``ModelCheckpoint(save_freq=n)``; history rows carry
+    ``step`` (batches seen) and ``epoch``. The values go into that batch's ``logs`` (``TensorBoard(
+    update_freq=n)`` and batch-level loggers see them at that batch) and into the epoch-end ``logs`` (the
+    latest analysis of the epoch; NaN in an epoch without one).
+
+    Background (``background=True``): at the analysis point only the analyzed matrices are copied; a worker
+    thread analyzes, records (``history``, rule) and writes the history file and W&B sink at the analysis' own
+    epoch/step. The values reach ``logs`` at the next epoch end (the first analysis of a fit is waited for, so
+    stock callbacks never start from NaN), and the rule's decision sets ``model.stop_training`` at the next
+    hook: one analysis later than synchronously. W&B summaries sent through ``logs`` (``WandbMetricsLogger``)
+    are those of the next epoch end. With ``max_pending`` analyses pending the next analysis point waits
+    (``background_waits`` in the history). ``on_train_end`` finishes the pending work. When ``fit`` raises
+    (Ctrl-C too) Keras tells no callback: the running analysis completes on its daemon thread, writes the history
+    file, and the thread exits. Same numbers as ``background=False``.
+
     Distribution: under ``tf.distribute.MirroredStrategy`` Keras calls callbacks once per epoch, so the
     analysis runs once, on the mirrored values.
 
     Args:
-        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``.
+        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``;
+            None: every epoch unless ``every_n_batches`` is given (setting both raises ``ValueError``).
         metrics: summary metrics to write (weightwatcher column names, `ww_callbacks.SUMMARY_METRICS`);
             default alpha, alpha_weighted, log_spectral_norm, rand_distance and num_nonfinite_layers (how many
             layers' weights hold NaN/Inf).
         per_layer: also write each layer's metrics as ``{prefix}{layer path}/{metric}``.
         prefix: prefix of the keys.
         early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
+        every_n_batches: analyze after every n-th batch instead of at epoch ends.
         restore_best_weights: restore the weights of the best analyzed epoch at the end of training (needs a
             rule that monitors a metric).
         layers: only these layers (names, globs, kinds like ``"dense"``, ids; ``"-name"`` excludes).
         randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
-        seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``); None draws
+        seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``, batch
+            schedules ``[seed, step]``); None draws
             one from OS entropy.
         history_path: write every report to this JSON-lines file (`ww_callbacks.load_history` reads it). None
             (default) or False: no file (Keras has no log directory to put a default file in); a path: that
@@ -96,6 +173,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         verbose: log (INFO) each analysis' summary, not only the stop and the restore.
         shard_layers: a shared option for distributed Lightning runs; no effect here (each Keras worker
             analyzes its own replica of the weights).
+        background: analyze in a worker thread (see above; not with ``restore_best_weights``).
+        max_pending: analyses pending at most before an analysis point waits (default 1).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
@@ -120,12 +199,13 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = None,
         metrics: Sequence[str] | None = None,
         per_layer: bool = False,
         prefix: str = "ww/",
         early_stopping: StoppingRule | None = None,
         *,
+        every_n_batches: int | None = None,
         restore_best_weights: bool = False,
         layers: Any = None,
         randomize: bool = True,
@@ -139,6 +219,8 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
         shard_layers: bool = True,
+        background: bool = False,
+        max_pending: int = 1,
     ) -> None:
         super().__init__()
         if history_path is True:
@@ -146,11 +228,16 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
                 "history_path=True asks for the default history file, but Keras has no log directory: "
                 "pass a file path (or None/False for no file)"
             )
-        self.engine = SpectralMonitor(WatchOptions.pick(locals()))
+        schedule = make_schedule(every_n_epochs, every_n_batches, steps_name="every_n_batches")
+        self.engine = SpectralMonitor(WatchOptions.pick(locals()), schedule=schedule)
         if restore_best_weights and (early_stopping is None or early_stopping.monitor is None):
             raise ValueError(
                 "restore_best_weights=True needs an early_stopping rule that monitors a metric "
                 "(AlphaBelow, Plateau, or AnyOf/AllOf of them)"
+            )
+        if restore_best_weights and background:
+            raise ValueError(
+                "restore_best_weights=True needs the weights of each analysis: use background=False"
             )
         self.restore_best_weights = bool(restore_best_weights)
         self.verbose = bool(verbose)
@@ -160,6 +247,14 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         self._keys: list[str] = []
         self._resumed = False
         self._first_epoch_pending = True
+        self._on_steps = isinstance(schedule, StepSchedule)
+        if self._on_steps:
+            self.on_train_batch_end = self._step_batch_end  # type: ignore[method-assign]
+        self.batches_seen = (
+            0  # batches of all fits since the start (or the resumed state), for every_n_batches
+        )
+        self._epoch = 0
+        self._latest: dict[str, float] = {}  # values for the next epoch-end logs (step schedule, background)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -167,9 +262,15 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
 
         Example:
             >>> sorted(WeightWatcherCallback(seed=0).state_dict())[:3]
-            ['best_epoch', 'best_value', 'history']
+            ['batches', 'best_epoch', 'best_value']
         """
-        return {**self.engine.state_dict(), "best_epoch": self.best_epoch, "best_value": self._best_value}
+        state = self.engine.state_dict()
+        return {
+            **state,
+            "best_epoch": self.best_epoch,
+            "best_value": self._best_value,
+            "batches": self.batches_seen,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`; the next ``fit`` then continues that history and patience instead of resetting.
@@ -184,17 +285,23 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         self.best_epoch = None if best_epoch is None else int(best_epoch)
         self._best_value = None if best_value is None else float(best_value)
         self.best_weights = None
+        self.batches_seen = int(state.get("batches", 0))
         self._resumed = True
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.engine.background is not None:  # a previous fit that raised may have left one running
+            self.engine.background.finish()
+            self.engine.background.collect()
         if not self._resumed:
             # Like Keras' EarlyStopping: an instance reused for another fit starts afresh.
             self.engine.reset()
             self.best_epoch, self._best_value = None, None
+            self.batches_seen = 0
         self._resumed = False
+        self._latest = {}
         self.best_weights = None
-        self._keys = self._fixed_keys()
+        self._keys = _fixed_keys(self.engine, self.model)
         self._first_epoch_pending = True
         self._open_sinks()
 
@@ -202,9 +309,11 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         epoch = int(epoch)
         values: dict[str, float] = {}
         # The first epoch of fit too: Keras' monitoring callbacks would otherwise start from a NaN "best".
-        if self.engine.should_run(epoch) or self._first_epoch_pending:
-            values = self._analyze(epoch)
+        if not self._on_steps and (self.engine.should_run(epoch) or self._first_epoch_pending):
+            values = self._analyze(epoch, wait=self._first_epoch_pending)
         self._first_epoch_pending = False
+        self._drain()  # after a submit that waited for the worker: its result too
+        values, self._latest = {**self._latest, **values}, {}
         if logs is None:
             return
         for key in self._keys:
@@ -214,6 +323,9 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         try:
+            if self.engine.background is not None:
+                self.engine.background.finish()
+                self._drain()
             if self.restore_best_weights and self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
                 log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
@@ -226,23 +338,20 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             self.engine.close_sinks()
 
     # ------------------------------------------------------------------ the work
-    def _analyze(self, epoch: int) -> dict[str, float]:
-        report = self.engine.analyze(self.model, epoch=epoch)  # None (warned) if it failed
-        epochs = (self.params or {}).get("epochs")
-        is_last = epochs is not None and epoch + 1 >= int(epochs)
-        # Keras has no global step in its callbacks: the epoch is the step (also W&B's x-axis).
-        result = self.engine.process(report, epoch=epoch, step=epoch, is_last=is_last)
-        if result.report is None:
+    def _analyze(self, epoch: int, *, step: int | None = None, wait: bool = False) -> dict[str, float]:
+        """Analyze now (or submit to the worker: then the values come later, through `_drain`)."""
+        # Keras has no global step in its callbacks: on epoch schedules the epoch is the step (W&B's x-axis).
+        step = epoch if step is None else step
+        is_last = self._is_last(epoch, step)
+        background = self.engine.background
+        if background is not None:
+            background.submit(self.model, epoch=epoch, step=step, is_last=is_last)
+            if wait:  # the first analysis of a fit: Keras' monitoring callbacks must not start from NaN
+                background.finish()
+                self._drain()
             return {}
-        if self.verbose:
-            log.info("%s", summary_line(epoch, result.metrics))
-        if self.restore_best_weights:
-            self._track_best(result.report, epoch)
-        if result.stop and result.decision is not None:
-            self.model.stop_training = True
-            self.engine.record_stop(epoch, result.decision.reason)
-            log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
-        return result.metrics
+        report = self.engine.analyze(self.model, epoch=epoch, step=step)  # None (warned) if it failed
+        return self._use(self.engine.process(report, epoch=epoch, step=step, is_last=is_last))
 
     def _track_best(self, report: SpectralReport, epoch: int) -> None:
         rule = self.engine.early_stopping
@@ -260,16 +369,6 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             return
         self._best_value, self.best_epoch, self.best_weights = current, epoch, weights
 
-    def _fixed_keys(self) -> list[str]:
-        """Keys written every epoch: the summary metrics, and each layer's when ``per_layer``."""
-        prefix, metrics = self.engine.prefix, self.engine.metrics
-        keys = [f"{prefix}{metric}" for metric in metrics]
-        if self.engine.per_layer and self.model is not None:
-            layers = self.engine.snapshot(self.model) or []
-            per_layer = [m for m in metrics if m not in SUMMARY_COUNTS]  # counts have no per-layer value
-            keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in per_layer]
-        return keys
-
     def _open_sinks(self) -> None:
         self.engine.close_sinks()  # a previous fit that raised never reached on_train_end
         run = None
@@ -283,8 +382,22 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             per_layer=self.engine.per_layer, summaries_elsewhere=not self.engine.owns_wandb_run(run)
         )
         self.engine.open_sinks(
-            history_path=self.engine.options.history_file(None), wandb_run=run, step_metric="epoch", **options
+            history_path=self.engine.options.history_file(None),
+            wandb_run=run,
+            step_metric="batch" if self._on_steps else "epoch",
+            **options,
         )
 
     def __repr__(self) -> str:
         return f"WeightWatcherCallback({self.engine!r}, restore_best_weights={self.restore_best_weights})"
+
+
+def _fixed_keys(engine: SpectralMonitor, model: Any) -> list[str]:
+    """Keys written every epoch: the summary metrics, and each layer's when ``per_layer``."""
+    prefix, metrics = engine.prefix, engine.metrics
+    keys = [f"{prefix}{metric}" for metric in metrics]
+    if engine.per_layer and model is not None:
+        layers = engine.snapshot(model) or []
+        per_layer = [m for m in metrics if m not in SUMMARY_COUNTS]  # counts have no per-layer value
+        keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in per_layer]
+    return keys

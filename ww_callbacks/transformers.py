@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -28,6 +28,7 @@ from transformers.trainer_callback import CallbackHandler
 
 from .engine import EngineViews, MonitorResult, SpectralMonitor, StepSchedule, WatchOptions
 from .engine.options import HistoryPath
+from .engine.schedule import make_schedule
 from .sinks.lifecycle import summary_line, wandb_options
 from .spectral.report import SpectralReport
 from .stopping import StoppingRule
@@ -130,12 +131,106 @@ def _track_best(
         control.should_save = bool(improved) or control.should_save
 
 
-class WeightWatcherCallback(TrainerCallback, EngineViews):
+class _LogAndStop:
+    """What the callback does with each finished analysis: log it at its own step (log_history and every
+    callback's ``on_log``), track the best model, reduce and apply the rule's decision; background results too."""
+
+    engine: SpectralMonitor
+    verbose: bool
+    stopped_step: int | None
+    _handler: CallbackHandler | None
+
+    _save_state: Callable[[TrainerState], None]
+
+    def _act(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        r: MonitorResult,
+        *,
+        decide: bool = True,
+    ) -> bool:
+        """Log ``r`` at its own step, track the best model, apply the rule (``decide``); True when it stops."""
+        step = state.global_step if r.step is None else int(r.step)
+        if r.metrics:
+            self._log(args, state, control, r.metrics, step=step)
+        if r.report is not None:
+            _track_best(args, state, control, _best_key(args, self.engine.prefix), r.metrics)
+        return (
+            decide and self.engine.early_stopping is not None and self._apply_decision(args, control, r, step)
+        )
+
+    def _in_background(self) -> bool:
+        if self.engine.background is None:
+            return False
+        if _process_group() is not None:  # several processes: the shared (collective) analysis runs in line
+            self.engine.analyzer.warn_once(
+                "hf-background", "background=True is not used under several processes"
+            )
+            return False
+        return True
+
+    def _drain(self, args: TrainingArguments, state: TrainerState, control: TrainerControl) -> None:
+        """Act on the background analyses finished so far (logged at their own steps); stops take effect now."""
+        if self.engine.background is None:
+            return
+        results = self.engine.background.collect()
+        for result in results:
+            if result.report is not None:
+                # the first stop counts (and at max_steps the Trainer already stops): then only log
+                self._act(args, state, control, result, decide=not control.should_training_stop)
+        if results:
+            self._save_state(state)
+
+    def _log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        values: dict[str, float],
+        *,
+        step: int,
+    ) -> None:
+        """One log event of our own at ``step``: log_history, then every callback's ``on_log``."""
+        state.log_history.append({**values, "epoch": state.epoch, "step": step})
+        if self.verbose and state.is_world_process_zero:
+            log.info("%s", summary_line(_epoch_index(state), values))
+        if self._handler is None:
+            return
+        should_log = control.should_log  # CallbackHandler.on_log clears it: the Trainer's own log must stay
+        current, state.global_step = state.global_step, step  # integrations log at state.global_step
+        try:
+            self._handler.on_log(args, state, control, dict(values))
+        finally:
+            control.should_log, state.global_step = should_log, current
+
+    def _apply_decision(
+        self, args: TrainingArguments, control: TrainerControl, result: MonitorResult, step: int
+    ) -> bool:
+        """Reduce the decision over processes and stop; True when training stops after this step."""
+        if not _any_process(result.stop, args.device):
+            return False
+        reason = (
+            result.decision.reason
+            if result.stop and result.decision is not None
+            else "another process's rule"
+        )
+        control.should_training_stop = True
+        epoch = int(self.engine.history[-1]["epoch"]) if self.engine.history else 0
+        self.engine.record_stop(epoch, reason)
+        self.stopped_step = step
+        log.info("WeightWatcherCallback: stopping at step %d (epoch %d): %s", step, epoch, reason)
+        return True
+
+
+class WeightWatcherCallback(_LogAndStop, TrainerCallback, EngineViews):
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for ``transformers.Trainer``.
 
     When it runs: after every ``every_n_steps``-th optimizer step (``state.global_step``), or, when
     ``every_n_steps`` is None (the default), at the end of every ``every_n_epochs``-th epoch; only in
-    ``train()``. The analysis after step ``s`` shuffles with ``numpy.random.default_rng([seed, s])``.
+    ``train()``. The analysis after step ``s`` shuffles with ``numpy.random.default_rng([seed, s])`` (epoch
+    schedules: ``[seed, epoch]``).
 
     What it logs: ``{prefix}{metric}`` (plus ``{prefix}{layer}/{metric}`` with ``per_layer=True``) in one log
     event of its own at the step it analyzed: appended to ``trainer.state.log_history`` (with ``epoch`` and
@@ -168,7 +263,8 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
     ``restore_callback_states_from_checkpoint``, which would rebuild callbacks from saved arguments).
 
     Args:
-        every_n_epochs: analyze at the end of every n-th epoch (when ``every_n_steps`` is None).
+        every_n_epochs: analyze at the end of every n-th epoch; None (default): every epoch unless
+            ``every_n_steps`` is given (setting both raises ``ValueError``).
         metrics: summary metrics to log (weightwatcher column names); default alpha, alpha_weighted,
             log_spectral_norm and rand_distance.
         per_layer: also log each layer's metrics.
@@ -188,6 +284,11 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
         verbose: log (INFO, process 0) each analysis' summary, not only the stop.
         shard_layers: share the layers among the processes of a distributed run (see Distributed above).
+        background: analyze in a worker thread (single process; under several processes the shared analysis
+            runs in line): at the analysis point only the analyzed matrices are copied; each result is logged
+            at its own step at the next step end, and a stop takes effect there (one analysis late at most);
+            ``on_train_end`` finishes the pending work. Same numbers as ``False``.
+        max_pending: analyses pending at most before an analysis point waits (default 1).
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work.
@@ -210,7 +311,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = None,
         metrics: Sequence[str] | None = None,
         per_layer: bool = False,
         prefix: str = "ww/",
@@ -229,9 +330,13 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         analyze_kwargs: Mapping[str, Any] | None = None,
         verbose: bool = False,
         shard_layers: bool = True,
+        background: bool = False,
+        max_pending: int = 1,
     ) -> None:
-        self.engine = SpectralMonitor(WatchOptions.pick(locals()))
-        self.steps = None if every_n_steps is None else StepSchedule(int(every_n_steps))
+        options = WatchOptions.pick(locals())
+        schedule = make_schedule(every_n_epochs, every_n_steps, steps_name="every_n_steps")
+        self.engine = SpectralMonitor(options, schedule=schedule)
+        self.steps = schedule if isinstance(schedule, StepSchedule) else None
         self.verbose = bool(verbose)
         self.stopped_step: int | None = None
         self._handler: CallbackHandler | None = None
@@ -296,6 +401,10 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
     ):
         if self.steps is not None and self.steps.should_run(state.global_step):
             self._run(args, state, control, kwargs.get("model"))
+        if control.should_training_stop and self.engine.background is not None:
+            # the last step: finish now, while the integrations (TensorBoard ...) still take logs
+            self.engine.background.finish()
+        self._drain(args, state, control)
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -315,8 +424,13 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ):
-        self.engine.close_sinks()
-        self._sinks_open = False
+        try:
+            if self.engine.background is not None:
+                self.engine.background.finish()  # pending work is logged before the sinks close
+                self._drain(args, state, control)
+        finally:
+            self.engine.close_sinks()
+            self._sinks_open = False
 
     # ------------------------------------------------------------------ the work
     def _run(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any) -> None:
@@ -325,63 +439,32 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
         if step == self._last_step:
             return
         self._last_step = step
-        result = self.engine.record(self._analyze_and_share(model, step), epoch=epoch, step=step)
-        if result.metrics:
-            self._log(args, state, control, result.metrics)
-        if result.report is not None:
-            _track_best(args, state, control, _best_key(args, self.engine.prefix), result.metrics)
-        stops = self.engine.early_stopping is not None and self._apply_decision(args, control, result, step)
+        if self._in_background():
+            self._open_sinks(args)  # the worker writes the history file and W&B as each analysis finishes
+            assert self.engine.background is not None
+            self.engine.background.submit(model, epoch=epoch, step=step, is_last=step >= state.max_steps)
+            self._drain(args, state, control)
+            return
+        result = self.engine.record(self._analyze_and_share(model, epoch, step), epoch=epoch, step=step)
+        stops = self._act(args, state, control, result)
         if state.is_world_process_zero:
             self._open_sinks(args)
             self.engine.emit(result, epoch=epoch, step=step, is_last=stops or step >= state.max_steps)
         self._save_state(state)
 
-    def _analyze_and_share(self, model: Any, step: int) -> SpectralReport | None:
+    def _analyze_and_share(self, model: Any, epoch: int, step: int) -> SpectralReport | None:
         if model is None:
             return None
         if _process_group() is None:
-            return self.engine.analyze(model, epoch=step)
+            return self.engine.analyze(model, epoch=epoch, step=step)
         from .distributed import TorchCollective
 
         # A collective: every process analyzes its share and gets the merged, single-process report.
-        return self.engine.analyze(model, epoch=step, collective=TorchCollective())
-
-    def _log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, values: dict[str, float]
-    ) -> None:
-        """One log event of our own at this step: log_history, then every callback's ``on_log``."""
-        state.log_history.append({**values, "epoch": state.epoch, "step": state.global_step})
-        if self.verbose and state.is_world_process_zero:
-            log.info("%s", summary_line(_epoch_index(state), values))
-        if self._handler is None:
-            return
-        should_log = control.should_log  # CallbackHandler.on_log clears it: the Trainer's own log must stay
-        try:
-            self._handler.on_log(args, state, control, dict(values))
-        finally:
-            control.should_log = should_log
+        return self.engine.analyze(model, epoch=epoch, step=step, collective=TorchCollective())
 
     def _last_values(self) -> dict[str, float]:
         report = self.engine.last_report
         return {} if report is None else self.engine.metrics_from(report)
-
-    def _apply_decision(
-        self, args: TrainingArguments, control: TrainerControl, result: MonitorResult, step: int
-    ) -> bool:
-        """Reduce the decision over processes and stop; True when training stops after this step."""
-        if not _any_process(result.stop, args.device):
-            return False
-        reason = (
-            result.decision.reason
-            if result.stop and result.decision is not None
-            else "another process's rule"
-        )
-        control.should_training_stop = True
-        epoch = int(self.engine.history[-1]["epoch"]) if self.engine.history else 0
-        self.engine.record_stop(epoch, reason)
-        self.stopped_step = step
-        log.info("WeightWatcherCallback: stopping at step %d (epoch %d): %s", step, epoch, reason)
-        return True
 
     def _open_sinks(self, args: TrainingArguments) -> None:
         """Attach the history file and W&B at the first analysis (``report_to``'s W&B run exists by then)."""

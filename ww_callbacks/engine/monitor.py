@@ -33,14 +33,12 @@ from ..distributed import Collective
 from ..layers import LayerWeights
 from ..sinks.lifecycle import RunSinks
 from ..spectral.report import SpectralReport
-from ..spectral.report import (
-    SpectralReport as Report,
-)  # a shorter name keeps `analyze`'s signature on one line
-from ..stopping import StopDecision, StoppingRule
+from ..stopping import StopDecision
 from .analyzer import Analyzer
+from .background import BackgroundAnalysis
 from .options import WatchOptions
 from .scalars import report_scalars
-from .schedule import EpochSchedule, fresh_seed, rng_for
+from .schedule import Schedule, fresh_seed, make_schedule, rng_for
 from .state import RunState
 
 log = logging.getLogger(__name__)
@@ -54,6 +52,7 @@ class MonitorResult:
 
     ``metrics`` maps logged names (``ww/alpha``, ``ww/fc1/alpha`` ...) to finite floats; it is empty when the
     analysis failed. ``decision`` is the stopping rule's answer (None without a rule or without a report).
+    ``epoch`` and ``step`` say which analysis it is (set by `record`).
 
     Example:
         >>> MonitorResult().stop
@@ -63,6 +62,8 @@ class MonitorResult:
     metrics: dict[str, float] = field(default_factory=dict)
     report: SpectralReport | None = None
     decision: StopDecision | None = None
+    epoch: int | None = None
+    step: int | None = None
 
     @property
     def stop(self) -> bool:
@@ -70,16 +71,23 @@ class MonitorResult:
         return bool(self.decision is not None and self.decision.stop)
 
 
+def _view(part: str, name: str, doc: str) -> Any:
+    """A read-only property showing ``self.<part>.<name>``: the monitor's parts own that state."""
+    return property(lambda self: getattr(getattr(self, part), name), doc=doc)
+
+
 class SpectralMonitor:
     """Schedule, analyze, summarize, remember and decide: the state the callbacks share.
 
     Args:
         options: a `WatchOptions`; or pass its fields as keyword arguments (``SpectralMonitor(seed=0, ...)``).
+        schedule: when to analyze (`StepSchedule` for step schedules); default ``EpochSchedule(every_n_epochs)``.
 
     Attributes:
         options: the checked `WatchOptions` (``metrics``, ``prefix``, ``per_layer``, ``early_stopping`` are
             also attributes of the monitor).
-        schedule, analyzer, state, sinks: the parts (`EpochSchedule`, `Analyzer`, `RunState`, `RunSinks`);
+        schedule, analyzer, state, sinks, background: the parts (`EpochSchedule`, `Analyzer`, `RunState`,
+            `RunSinks`, `BackgroundAnalysis` or None);
             ``seed``, ``history``, ``last_report``, ``stopped_epoch``, ``stop_reason`` read the state and
             ``analysis_time`` (seconds in snapshot + analysis) the analyzer.
 
@@ -94,11 +102,14 @@ class SpectralMonitor:
         0
     """
 
-    def __init__(self, options: WatchOptions | None = None, **kwargs: Any) -> None:
-        if options is not None and kwargs:
+    def __init__(
+        self, options: WatchOptions | None = None, *, schedule: Schedule | None = None, **kw: Any
+    ) -> None:
+        if options is not None and kw:
             raise TypeError("pass either a WatchOptions or its fields as keyword arguments, not both")
-        self.options = options if options is not None else WatchOptions(**kwargs)
-        self.schedule = EpochSchedule(self.options.every_n_epochs)
+        self.options = options if options is not None else WatchOptions(**kw)
+        self.schedule = schedule or make_schedule(self.options.every_n_epochs, None)
+        self.background = BackgroundAnalysis(self) if self.options.background else None
         self.analyzer = Analyzer(self.options, warn=self.warn)
         self.state = RunState(seed=fresh_seed() if self.options.seed is None else int(self.options.seed))
         self.sinks = RunSinks(warn=self.warn)
@@ -109,20 +120,9 @@ class SpectralMonitor:
         """The summary metrics logged as ``{prefix}{metric}``."""
         return tuple(self.options.metrics or ())
 
-    @property
-    def prefix(self) -> str:
-        """Prefix of every logged name."""
-        return self.options.prefix
-
-    @property
-    def per_layer(self) -> bool:
-        """Whether per-layer values are logged too."""
-        return self.options.per_layer
-
-    @property
-    def early_stopping(self) -> StoppingRule | None:
-        """The stopping rule (None: only log)."""
-        return self.options.early_stopping
+    prefix = _view("options", "prefix", "Prefix of every logged name.")
+    per_layer = _view("options", "per_layer", "Whether per-layer values are logged too.")
+    early_stopping = _view("options", "early_stopping", "The stopping rule (None: only log).")
 
     @property
     def seed(self) -> int:
@@ -133,25 +133,14 @@ class SpectralMonitor:
     def seed(self, value: int) -> None:
         self.state.seed = int(value)
 
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """One dict per analyzed epoch (see `RunState`)."""
-        return self.state.history
-
-    @property
-    def last_report(self) -> SpectralReport | None:
-        """The latest `SpectralReport` (None before the first analysis)."""
-        return self.state.last_report
-
-    @property
-    def stopped_epoch(self) -> int | None:
-        """The epoch at which the rule stopped training (None if it did not)."""
-        return self.state.stopped_epoch
-
-    @property
-    def stop_reason(self) -> str:
-        """The rule's reason for stopping ("" if it did not)."""
-        return self.state.stop_reason
+    history = _view("state", "history", "One dict per analyzed epoch (see `RunState`).")
+    last_report = _view(
+        "state", "last_report", "The latest `SpectralReport` (None before the first analysis)."
+    )
+    stopped_epoch = _view(
+        "state", "stopped_epoch", "The epoch at which the rule stopped training (None if it did not)."
+    )
+    stop_reason = _view("state", "stop_reason", 'The rule\'s reason for stopping ("" if it did not).')
 
     @property
     def analysis_time(self) -> float:
@@ -160,7 +149,7 @@ class SpectralMonitor:
 
     # ------------------------------------------------------------------ schedule
     def should_run(self, epoch: int) -> bool:
-        """Whether ``epoch`` (0-based) is an analysis epoch: every ``every_n_epochs``-th, counting from 1.
+        """Whether ``epoch`` (0-based; the steps done on a step schedule) is an analysis point of the schedule.
 
         Example:
             >>> [e for e in range(6) if SpectralMonitor(every_n_epochs=2, seed=0).should_run(e)]
@@ -168,23 +157,21 @@ class SpectralMonitor:
         """
         return self.schedule.should_run(epoch)
 
-    def rng_for(self, epoch: int) -> np.random.Generator:
-        """The shuffles' generator for ``epoch``: depends only on (seed, epoch), so ranks and resumes agree.
+    def rng_for(self, epoch: int, step: int | None = None) -> np.random.Generator:
+        """The shuffles' generator, from (seed, epoch) or on step schedules (seed, step): ranks and resumes agree.
 
         Example:
             >>> m = SpectralMonitor(seed=3)
             >>> float(m.rng_for(2).random()) == float(m.rng_for(2).random())
             True
         """
-        return rng_for(self.seed, epoch)
+        return rng_for(self.seed, self.schedule.position(epoch=epoch, step=step))
 
     # ------------------------------------------------------------------ analysis
     def snapshot(self, model: Any, *, copy: bool = False) -> list[LayerWeights] | None:
         """The analyzable weights of ``model`` (filtered by ``layers``); None (with a warning) on error.
 
-        `analyze` runs while training waits, so by default the weights are read in place (the core never writes
-        to them; this saves a copy of every matrix each time). Pass ``copy=True`` to keep a snapshot that
-        training will not change, e.g. to analyze it later or in another thread.
+        Read in place by default (the core never writes); ``copy=True``: a snapshot training cannot change.
 
         Example:
             >>> [lw.name for lw in SpectralMonitor(seed=0).snapshot({"fc.weight": np.ones((20, 10))})]
@@ -192,8 +179,10 @@ class SpectralMonitor:
         """
         return self.analyzer.snapshot(model, copy=copy)
 
-    def analyze(self, model: Any, *, epoch: int, collective: Collective | None = None) -> Report | None:
-        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch``.
+    def analyze(
+        self, model: Any, *, epoch: int, step: int | None = None, collective: Collective | None = None
+    ) -> SpectralReport | None:
+        """Run the spectral core on ``model`` (a model, a mapping or a `snapshot` list) for ``epoch`` / ``step``.
 
         Any exception becomes a warning and a None result: training never dies because of the analysis. With a
         ``collective`` (`ww_callbacks.distributed.Collective`) all ranks call it and get the same report.
@@ -203,7 +192,8 @@ class SpectralMonitor:
             >>> report.layers[0].name
             'fc'
         """
-        return self.analyzer.analyze(model, rng=self.rng_for(epoch), epoch=epoch, collective=collective)
+        rng = self.rng_for(epoch, step)
+        return self.analyzer.analyze(model, rng=rng, epoch=epoch, collective=collective)
 
     # ------------------------------------------------------------------ results
     def metrics_from(self, report: SpectralReport) -> dict[str, float]:
@@ -236,10 +226,10 @@ class SpectralMonitor:
             {}
         """
         if report is None:
-            return MonitorResult()
+            return MonitorResult(epoch=epoch, step=step)
         self.state.add(report, epoch=epoch, step=step)
         decision = self._decide(report, epoch)
-        return MonitorResult(metrics=self.metrics_from(report), report=report, decision=decision)
+        return MonitorResult(self.metrics_from(report), report, decision, epoch=epoch, step=step)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
         """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there."""
@@ -263,7 +253,8 @@ class SpectralMonitor:
             >>> list(m.run({"fc.weight": np.random.default_rng(1).normal(size=(80, 40))}, epoch=0).metrics)
             ['ww/alpha']
         """
-        return self.process(self.analyze(model, epoch=epoch), epoch=epoch, step=step, is_last=is_last)
+        report = self.analyze(model, epoch=epoch, step=step)
+        return self.process(report, epoch=epoch, step=step, is_last=is_last)
 
     def _decide(self, report: SpectralReport, epoch: int) -> StopDecision | None:
         try:
@@ -366,7 +357,4 @@ class SpectralMonitor:
         warnings.warn(f"ww_callbacks: {message}", RuntimeWarning, stacklevel=3)
 
     def __repr__(self) -> str:
-        return (
-            f"SpectralMonitor(every_n_epochs={self.options.every_n_epochs}, metrics={self.metrics}, "
-            f"per_layer={self.per_layer}, prefix={self.prefix!r}, early_stopping={self.early_stopping!r})"
-        )
+        return f"SpectralMonitor({self.schedule!r}, {self.options!r})"

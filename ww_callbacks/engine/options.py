@@ -54,7 +54,9 @@ class WatchOptions:
     """What to analyze, when, what to log and where; checked once, when built.
 
     Args:
-        every_n_epochs: analyze at the end of every n-th epoch (epochs 0-based: n-1, 2n-1, ...).
+        every_n_epochs: analyze at the end of every n-th epoch (epochs 0-based: n-1, 2n-1, ...). None (the
+            default): every epoch, unless the callback is given a step schedule (``every_n_train_steps``,
+            ``every_n_batches``); setting both is an error (`ww_callbacks.engine.schedule.make_schedule`).
         metrics: summary metrics to log as ``{prefix}{metric}`` (weightwatcher column names, see
             `ww_callbacks.SUMMARY_METRICS`); default `DEFAULT_METRICS` (without ``rand_distance`` when
             ``randomize=False``). Resolved to a tuple.
@@ -79,6 +81,11 @@ class WatchOptions:
             cost-balanced share of the layers and the results are merged on every rank (the same report as one
             process); False: rank 0 analyzes every layer. Weights that are DTensors are gathered one layer at a
             time either way.
+        background: analyze in a worker thread: at the analysis point only the analyzed matrices are copied
+            (`ww_callbacks.engine.background`), the results are recorded and logged when ready, at the step they
+            belong to, and a stopping decision takes effect at the next hook. Same numbers as ``False``.
+        max_pending: analyses queued or running in the worker at most; at an analysis point with that many
+            pending, training waits for the oldest (counted in the history's ``background_waits``).
 
     Example:
         >>> WatchOptions(history_path=3)
@@ -87,7 +94,7 @@ class WatchOptions:
         TypeError: history_path must be None, False, True or a path (str or os.PathLike), got int 3
     """
 
-    every_n_epochs: int = 1
+    every_n_epochs: int | None = None
     metrics: Sequence[str] | None = None
     per_layer: bool = False
     prefix: str = "ww/"
@@ -104,10 +111,14 @@ class WatchOptions:
     analyze_kwargs: Mapping[str, Any] | None = field(default=None, repr=False)
     verbose: bool = False
     shard_layers: bool = True
+    background: bool = False
+    max_pending: int = 1
 
     def __post_init__(self) -> None:
-        if int(self.every_n_epochs) < 1:
+        if self.every_n_epochs is not None and int(self.every_n_epochs) < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {self.every_n_epochs}")
+        if int(self.max_pending) < 1:
+            raise ValueError(f"max_pending must be >= 1, got {self.max_pending}")
         if self.n_random < 1:
             raise ValueError(f"n_random must be >= 1, got {self.n_random}")
         if self.media_every_n_epochs is not None and int(self.media_every_n_epochs) < 0:
@@ -126,7 +137,7 @@ class WatchOptions:
         # not among them and cost about half of the randomization: off unless asked for.
         kwargs.setdefault("traps", False)
         resolved = {
-            "every_n_epochs": int(self.every_n_epochs),
+            "every_n_epochs": None if self.every_n_epochs is None else int(self.every_n_epochs),
             "metrics": self._checked_metrics(),
             "per_layer": bool(self.per_layer),
             "prefix": str(self.prefix),
@@ -142,6 +153,8 @@ class WatchOptions:
             "analyze_kwargs": kwargs,
             "verbose": bool(self.verbose),
             "shard_layers": bool(self.shard_layers),
+            "background": bool(self.background),
+            "max_pending": int(self.max_pending),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)

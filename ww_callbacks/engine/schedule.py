@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EpochSchedule", "StepSchedule", "fresh_seed", "rng_for"]
+__all__ = ["EpochSchedule", "Schedule", "StepSchedule", "fresh_seed", "make_schedule", "rng_for"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,15 @@ class EpochSchedule:
     def should_run(self, epoch: int) -> bool:
         """Whether ``epoch`` (0-based) is an analysis epoch: every ``every_n_epochs``-th, counting from 1."""
         return (int(epoch) + 1) % int(self.every_n_epochs) == 0
+
+    def position(self, *, epoch: int, step: int | None = None) -> int:
+        """The analysis' position for its random generator: the epoch (so epoch schedules keep their numbers).
+
+        Example:
+            >>> EpochSchedule(2).position(epoch=3, step=40)
+            3
+        """
+        return int(epoch)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,47 @@ class StepSchedule:
     def should_run(self, step: int) -> bool:
         """Whether ``step`` optimizer steps done is an analysis point: a positive multiple of ``every_n_steps``."""
         return int(step) > 0 and int(step) % int(self.every_n_steps) == 0
+
+    def position(self, *, epoch: int, step: int | None = None) -> int:
+        """The analysis' position for its random generator: the optimizer steps done (the same on every rank
+        and after a resume, whatever the epoch length).
+
+        Example:
+            >>> StepSchedule(5).position(epoch=0, step=10)
+            10
+        """
+        if step is None:
+            raise ValueError("a step schedule needs the step of the analysis")
+        return int(step)
+
+
+#: Either schedule.
+Schedule = EpochSchedule | StepSchedule
+
+
+def make_schedule(
+    every_n_epochs: int | None, every_n_steps: int | None, *, steps_name: str = "every_n_steps"
+) -> Schedule:
+    """The schedule a callback asked for: one of ``every_n_epochs`` / ``every_n_steps`` (neither: every epoch).
+
+    ``steps_name`` is the callback's name of the step option (``every_n_train_steps``, ``every_n_batches``),
+    for the error message.
+
+    Example:
+        >>> make_schedule(None, None), make_schedule(None, 100)
+        (EpochSchedule(every_n_epochs=1), StepSchedule(every_n_steps=100))
+        >>> make_schedule(2, 100, steps_name="every_n_batches")
+        Traceback (most recent call last):
+        ...
+        ValueError: set one of every_n_epochs=2 / every_n_batches=100, not both
+    """
+    if every_n_steps is None:
+        return EpochSchedule(1 if every_n_epochs is None else int(every_n_epochs))
+    if every_n_epochs is not None:
+        raise ValueError(
+            f"set one of every_n_epochs={every_n_epochs} / {steps_name}={every_n_steps}, not both"
+        )
+    return StepSchedule(int(every_n_steps))
 
 
 def rng_for(seed: int, position: int) -> np.random.Generator:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class RunState:
         last_report: the latest `SpectralReport` (None before the first analysis).
         stopped_epoch: the epoch at which the rule stopped training (None if it did not).
         stop_reason: the rule's reason ("" if it did not stop).
+        lock: held by a background worker while it records; `state_dict` and `load_state_dict` take it too.
     """
 
     seed: int
@@ -46,6 +48,7 @@ class RunState:
     last_report: SpectralReport | None = None
     stopped_epoch: int | None = None
     stop_reason: str = ""
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def add(self, report: SpectralReport, *, epoch: int, step: int) -> dict[str, Any]:
         """Remember ``report`` as the analysis of ``epoch`` (at ``step``) and return its history entry.
@@ -77,6 +80,10 @@ class RunState:
 
     def state_dict(self, *, rule: StoppingRule | None) -> dict[str, Any]:
         """Plain Python values (safe for ``torch.save`` and JSON), with ``rule``'s state under ``"rule"``."""
+        with self.lock:
+            return self._state_dict(rule)
+
+    def _state_dict(self, rule: StoppingRule | None) -> dict[str, Any]:
         return {
             "version": _STATE_VERSION,
             "seed": self.seed,
@@ -89,6 +96,10 @@ class RunState:
 
     def load_state_dict(self, state: Mapping[str, Any], *, rule: StoppingRule | None) -> None:
         """Restore what `state_dict` saved (``rule``'s state too; the seed only when the state has one)."""
+        with self.lock:
+            self._load_state_dict(state, rule)
+
+    def _load_state_dict(self, state: Mapping[str, Any], rule: StoppingRule | None) -> None:
         if state.get("seed") is not None:
             self.seed = int(state["seed"])
         self.history = [dict(entry) for entry in state.get("history", [])]

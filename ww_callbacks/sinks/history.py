@@ -208,17 +208,18 @@ def read_history_rows(path: PathLike) -> list[dict[str, Any]]:
 
 
 def _latest_per_epoch_and_layer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the last row written for each (epoch, step, layer), ordered by epoch, step, then original layer order.
+    """Keep the last row written for each (epoch, step, layer), ordered by epoch and step, then original layer
+    order.
 
     A run resumed from an older checkpoint re-analyzes epochs (steps) that are already in the file; the newer
     lines win. Analyses at different steps of one epoch (a step schedule) are all kept.
     """
     latest: dict[tuple[Any, Any, Any], tuple[int, dict[str, Any]]] = {}
     for index, row in enumerate(rows):
-        key = (row["epoch"], row["step"], row["layer"])
+        key = (row["epoch"], row.get("step", 0), row["layer"])
         first_index = latest[key][0] if key in latest else index
         latest[key] = (first_index, row)
-    ordered = sorted(latest.values(), key=lambda item: (item[1]["epoch"], item[1]["step"], item[0]))
+    ordered = sorted(latest.values(), key=lambda item: (item[1]["epoch"], item[1].get("step", 0), item[0]))
     return [row for _, row in ordered]
 
 
