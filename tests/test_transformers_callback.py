@@ -136,7 +136,8 @@ def test_background_gives_the_synchronous_numbers_logged_at_their_steps(tmp_path
         histories.append([{k: h[k] for k in ("epoch", "step", *SUMMARY)} for h in ww.history])
         entries.append([(e["step"], e["ww/alpha"]) for e in _ww_entries(trainer)])
         scalars.append(_tensorboard_scalars(out)["train/ww/alpha"])
-        assert sorted({r["step"] for r in load_history(out / "ww_history.jsonl", as_pandas=False)}) == [3, 6, 9]
+        rows = load_history(out / "ww_history.jsonl", as_pandas=False)
+        assert sorted({r["step"] for r in rows}) == [3, 6, 9]
     assert histories[0] == histories[1] and [h["step"] for h in histories[1]] == [3, 6, 9]
     # logged once each, at the step the analysis belongs to, even when it finished later
     assert entries[0] == entries[1] and [step for step, _ in entries[1]] == [3, 6, 9]
