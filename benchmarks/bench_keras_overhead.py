@@ -70,6 +70,7 @@ def _one_backend(backend: str, repeats: int, epochs: int, torch_threads: int) ->
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, ROOT)
+    kernel = blas_kernel()  # before the frameworks load their own libraries
     if backend == "torch" and torch_threads > 0:
         import torch
 
@@ -131,7 +132,7 @@ def _one_backend(backend: str, repeats: int, epochs: int, torch_threads: int) ->
             runs[config]["accuracy"].append(acc)
     return {
         "backend": backend,
-        "kernel": blas_kernel(),
+        "kernel": kernel,
         "runs": runs,
         "epochs": epochs,
         "torch_threads": torch_threads if backend == "torch" else None,
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
     parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each configuration (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs of each configuration (median)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument(
         "--torch-threads",

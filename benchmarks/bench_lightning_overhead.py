@@ -21,7 +21,7 @@ Targets: overhead <= 10 %, rest of fit within 3 %.
 
 Usage::
 
-    python benchmarks/bench_lightning_overhead.py            # 20 epochs, 5 repeats (about 2 minutes on 2 idle CPUs)
+    python benchmarks/bench_lightning_overhead.py            # 20 epochs, 7 repeats (about 2 minutes on 2 idle CPUs)
     python benchmarks/bench_lightning_overhead.py --quick    # 5 epochs, 1 repeat
 """
 
@@ -64,6 +64,7 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
     """Runs in the subprocess of one kernel: interleaved fits, raw numbers."""
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU timings, as in the original experiment
     sys.path.insert(0, ROOT)
+    kernel_name = blas_kernel()  # before the frameworks load their own libraries
     import torch
     from lightning.pytorch import Callback, LightningModule, Trainer
     from torch import nn
@@ -166,7 +167,7 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
             if kind == "weightwatcher" and repeat >= args.ww_repeats:
                 continue
             runs[kind].append(list(run_once(kind, args.epochs, seed=repeat)))
-    return {"kernel": blas_kernel(), "torch_threads": torch.get_num_threads(), "runs": runs}
+    return {"kernel": kernel_name, "torch_threads": torch.get_num_threads(), "runs": runs}
 
 
 def _run_kernel(kernel: str, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -220,7 +221,7 @@ def _table(results: list[dict[str, Any]], epochs: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of baseline and ww-callbacks (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs of baseline and ww-callbacks (median)")
     parser.add_argument("--ww-repeats", type=int, default=1, help="runs of weightwatcher (slow, and far off)")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
