@@ -1,7 +1,7 @@
 """`run_sweep`: analyze a series of checkpoints into a history file, in processes or on a Dask cluster.
 
 Each checkpoint is one task: open it safely (`read_checkpoint`), analyze it with the shuffles seeded by
-``(seed, epoch)`` as the callbacks seed them (`ww_callbacks._monitor.SpectralMonitor.rng_for`), and send back
+``(seed, epoch)`` as the callbacks seed them (`ww_callbacks.engine.SpectralMonitor.rng_for`), and send back
 the per-layer rows. The main process writes the rows in the order of the series (a result that arrives early
 waits for the ones before it), so the history file is the same whatever ran the tasks. A task that fails is
 reported and skipped; the others go on. (Numbers agree to rounding across modes: BLAS may use different
