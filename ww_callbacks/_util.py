@@ -1,8 +1,6 @@
-"""Small helpers several modules share: finite numbers, JSON-safe values, framework type checks.
+"""Small helpers several modules share: finite numbers, JSON-safe values, one-line error messages.
 
-Nothing here imports a framework: the type checks look at ``sys.modules`` only, so they are False (and free)
-when the framework was never imported. ``is_torch_tensor`` lives in the core (`ww_callbacks.spectral.esd`),
-which may import nothing outside itself; it is re-exported here for the rest of the package.
+Framework type checks live in `ww_callbacks.spectral.frameworks`.
 
 Example:
     >>> finite_or_none("2.5"), finite_or_none(float("nan")), jsonable({"a": float("inf"), "b": (1, 2)})
@@ -12,20 +10,14 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .spectral.esd import is_torch_tensor
-
 __all__ = [
     "finite_or_none",
     "first_line",
-    "is_keras_layer",
-    "is_torch_module",
-    "is_torch_tensor",
     "jsonable",
 ]
 
@@ -69,18 +61,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     return str(value)
-
-
-def is_keras_layer(obj: Any) -> bool:
-    """True for a Keras 3 ``Layer`` (``Model`` included), without importing keras."""
-    keras = sys.modules.get("keras")
-    return keras is not None and isinstance(obj, keras.layers.Layer)
-
-
-def is_torch_module(obj: Any) -> bool:
-    """True for a ``torch.nn.Module``, without importing torch."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def first_line(exc: BaseException) -> str:

@@ -35,7 +35,7 @@ except ImportError as exc:
     ) from exc
 
 from ._util import finite_or_none
-from .sinks.history import as_records, is_per_layer, summarize_history
+from .history import as_records, is_per_layer, summarize_history
 from .spectral.catalog import METRICS
 from .spectral.report import LayerResult
 from .spectral.zeros import split_zeros

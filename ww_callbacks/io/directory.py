@@ -42,12 +42,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._util import first_line, is_torch_tensor
+from .._util import first_line
 from ..layers.base import select_layers
 from ..layers.builders import storage_identity
 from ..layers.mapping import snapshot_mapping, unwrap_state_dict
+from ..spectral.frameworks import is_torch_tensor
 from ..spectral.weights import LayerWeights
-from .files import WeightsFileError, _load_safetensors, _load_torch, _tensors_to_numpy
+from ._loaders import WeightsFileError, load_safetensors, load_torch, tensors_to_numpy
 
 __all__ = ["INDEX_FILES", "WEIGHT_FILES", "ModelDirectory", "is_model_directory"]
 
@@ -232,7 +233,7 @@ class ModelDirectory:
                 tensor = handle.get_tensor(name)
         except Exception as exc:
             raise WeightsFileError(f"{file}: cannot read tensor {name!r} ({first_line(exc)})") from exc
-        return _tensors_to_numpy({name: tensor})[name], None
+        return tensors_to_numpy({name: tensor})[name], None
 
     def _all_names(self) -> list[str] | None:
         names: list[str] = []
@@ -299,7 +300,7 @@ def _torch_tensor(state: Mapping[str, Any], name: str) -> tuple[Any, Any]:
     """One tensor of a loaded ``.bin`` shard as numpy, with the identity of its storage (ties)."""
     tensor = state[name]
     identity = storage_identity(tensor)
-    return (_tensors_to_numpy({name: tensor})[name] if is_torch_tensor(tensor) else tensor), identity
+    return (tensors_to_numpy({name: tensor})[name] if is_torch_tensor(tensor) else tensor), identity
 
 
 def _load_torch_shard(file: Path) -> Mapping[str, Any]:
@@ -318,7 +319,7 @@ def _load_torch_shard(file: Path) -> Mapping[str, Any]:
         if isinstance(state, Mapping):
             return unwrap_state_dict(state)
     # The regular loader refuses unsafe pickles and unreadable files with one line (it converts to numpy).
-    return _load_torch(file)
+    return load_torch(file)
 
 
 def load_directory(path: str | Any) -> dict[str, Any]:
@@ -337,7 +338,7 @@ def load_directory(path: str | Any) -> dict[str, Any]:
     directory = ModelDirectory(path)
     out: dict[str, Any] = {}
     for file in directory.files:
-        loaded = _load_safetensors(file) if directory.format == "safetensors" else _load_torch(file)
+        loaded = load_safetensors(file) if directory.format == "safetensors" else load_torch(file)
         wanted = directory.names[file]
         for name in wanted if wanted is not None else list(loaded):
             if name not in loaded:

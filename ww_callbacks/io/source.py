@@ -82,7 +82,7 @@ def open_layers(path: str | Path, *, layers: Any = None) -> LayerSource:
         >>> open_layers("missing.pt")
         Traceback (most recent call last):
         ...
-        ww_callbacks.io.files.WeightsFileError: missing.pt: no such file
+        ww_callbacks.io.WeightsFileError: missing.pt: no such file
     """
     path = Path(path)
     if path.is_dir():

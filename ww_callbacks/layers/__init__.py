@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._util import is_keras_layer, is_torch_module
+from ..spectral.frameworks import is_keras_layer, is_torch_module
 from .base import CONV_SCALE, LAYER_KINDS, LayerWeights, select_layers
 
 __all__ = ["CONV_SCALE", "LAYER_KINDS", "LayerWeights", "select_layers", "snapshot"]

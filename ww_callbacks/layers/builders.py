@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spectral.esd import is_torch_tensor
+from ..spectral.frameworks import is_torch_tensor
 from ..spectral.weights import CONV_SCALE, LayerWeights
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "conv2d_layer",
     "conv_slices",
     "dense_layer",
-    "is_torch_tensor",
     "mark_tied",
     "owned",
     "storage_identity",

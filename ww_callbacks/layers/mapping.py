@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spectral.esd import is_torch_tensor
+from ..spectral.frameworks import is_torch_tensor
 from ..spectral.weights import LayerWeights
 from .builders import conv2d_labels, conv2d_layer, dense_layer, mark_tied, storage_identity
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._util import is_keras_layer
+from ..spectral.frameworks import is_dtensor, is_keras_layer
 from .base import LayerWeights
 from .builders import conv1d_layer, conv2d_layer, dense_layer, mark_tied, storage_identity
 
@@ -186,7 +186,7 @@ def _entries(mod: Any, longname: str, torch: Any) -> list[tuple[str, Any, _Build
 def _attention_entries(mod: Any) -> list[tuple[str, Any, _Builder, bool]]:
     """Query, key and value projections of ``nn.MultiheadAttention`` (weightwatcher ignores them)."""
     if getattr(mod, "_qkv_same_embed_dim", True) and mod.in_proj_weight is not None:
-        if _is_dtensor(mod.in_proj_weight):
+        if is_dtensor(mod.in_proj_weight):
             return [
                 (f".{proj}", _ShardedPart(mod.in_proj_weight.detach(), i), dense_layer, False)
                 for i, proj in enumerate(("q_proj", "k_proj", "v_proj"))
@@ -195,7 +195,7 @@ def _attention_entries(mod: Any) -> list[tuple[str, Any, _Builder, bool]]:
     else:
         weights = [mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight]
         weights = [
-            None if w is None else _ShardedPart(w.detach()) if _is_dtensor(w) else w.detach() for w in weights
+            None if w is None else _ShardedPart(w.detach()) if is_dtensor(w) else w.detach() for w in weights
         ]
     return [
         (f".{proj}", w, dense_layer, False)
@@ -212,7 +212,7 @@ def _weight_of(mod: Any, torch: Any) -> Any:
         return None
     if not isinstance(weight, torch.Tensor) or torch.nn.parameter.is_lazy(weight):
         return None
-    if _is_dtensor(weight):
+    if is_dtensor(weight):
         return _ShardedPart(weight.detach()) if weight.ndim >= 2 and not weight.is_complex() else None
     if weight.layout != torch.strided or weight.is_complex() or weight.is_quantized or weight.is_meta:
         return None
@@ -257,11 +257,6 @@ class _Gather:
 
     def __call__(self) -> Any:
         return self._make(self._source.gather(), copy=False).matrices  # the gathered tensor is ours already
-
-
-def _is_dtensor(tensor: Any) -> bool:
-    tensor_module = sys.modules.get("torch.distributed.tensor")  # imported by whoever made a DTensor
-    return tensor_module is not None and isinstance(tensor, tensor_module.DTensor)
 
 
 def _is_sharded(weight: Any) -> bool:

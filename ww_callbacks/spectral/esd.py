@@ -11,10 +11,11 @@ eigenvalues come back.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
+
+from .frameworks import is_torch_tensor
 
 #: Slices with at least this many entries take the blocked Gram route (no whole float64 copy).
 BLOCKED_MIN_ENTRIES = 1 << 20
@@ -28,12 +29,6 @@ RANK_DEFICIENT_MARGIN = 10.0
 #: ...unless their smaller side exceeds this: an SVD that large costs several Gram routes (13 s vs 4 s at 4096).
 SVD_FALLBACK_MAX_SIDE = 2048
 _EPS = float(np.finfo(np.float64).eps)
-
-
-def is_torch_tensor(obj: Any) -> bool:
-    """True for a torch tensor, without importing torch when it was never imported."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def on_host_as_numpy(stack: Any) -> Any:

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from ..sinks.history import load_history
+from ..history import load_history
 from .checkpoints import Checkpoint, find_checkpoints, read_checkpoint
 from .rules import RuleReplay, parse_rule, replay_rule
 from .runner import CheckpointOutcome, SweepResult, analyze_checkpoint, run_sweep

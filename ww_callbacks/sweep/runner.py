@@ -159,7 +159,7 @@ def _history_index(history: Path) -> tuple[set[str], set[int]]:
     """The checkpoint keys and the epochs already in ``history`` (rows the callbacks wrote have no key)."""
     if not history.exists():
         return set(), set()
-    from ..sinks.history import read_history_rows
+    from ..history import read_history_rows
 
     rows = read_history_rows(history)
     return {str(r["checkpoint"]) for r in rows if r.get("checkpoint")}, {int(r["epoch"]) for r in rows}
