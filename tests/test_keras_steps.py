@@ -79,9 +79,6 @@ def test_every_n_batches_counts_batches_across_epochs(tmp_path):
 def test_step_and_epoch_schedules_are_exclusive():
     with pytest.raises(ValueError, match="set one of every_n_epochs=1 / every_n_batches=4, not both"):
         WeightWatcherCallback(every_n_epochs=1, every_n_batches=4)
-    with pytest.raises(ValueError, match="restore_best_weights=True needs the weights"):
-        WeightWatcherCallback(early_stopping=ww_callbacks.stopping.AlphaBelow(2.0), restore_best_weights=True,
-                              background=True)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -107,6 +104,27 @@ def test_background_gives_exactly_the_synchronous_numbers(schedule):
         assert bg_values[0] == sync_values[0]
         for epoch, value in enumerate(bg_values[1:], start=1):
             assert math.isnan(value) or value in sync_values[:epoch]
+
+
+def test_background_restores_the_same_best_weights_as_synchronous():
+    # alpha falls, then rises: the best (lowest) alpha is at epoch 2; the weights kept are those analyzed then,
+    # although the background result of epoch 2 arrives after training changed them again.
+    kernels = [heavy_tailed((120, 60), df, seed=0) for df in (20.0, 6.0, 8.0, 3.0, 30.0)]
+    alphas = [ww_callbacks.analyze({"fc.weight": k}, randomize=False).summary["alpha"] for k in kernels]
+    assert min(range(5), key=alphas.__getitem__) == 2
+    x, y = make_data(64, d_in=120, d_out=60)
+    kept = {}
+    for background in (False, True):
+        rule = ww_callbacks.stopping.Plateau("alpha", mode="min", patience=10)
+        ww = WeightWatcherCallback(
+            seed=1, early_stopping=rule, restore_best_weights=True, background=background
+        )
+        model = compile_model(single_dense(), lr=0.0)
+        model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[SetKernel("fc", kernels), ww])
+        assert ww.best_epoch == 2
+        kept[background] = model.get_layer("fc").kernel.numpy()
+        assert not analysis_threads()
+    assert (kept[True] == kernels[2]).all() and (kept[False] == kernels[2]).all()
 
 
 def test_background_stop_reaches_the_model_at_a_later_hook():

@@ -1,71 +1,100 @@
-"""The Lightning plumbing both Lightning callbacks share, written once as a mixin.
+"""The Lightning callback, written once for both namespaces: its hooks, its `LightningHost` and its docstring.
 
 `ww_callbacks.lightning` and `ww_callbacks.pytorch_lightning` each define ``class WeightWatcherCallback(
-Callback, LightningWatcherMixin)`` with their namespace's ``Callback``: their hooks (``@override``) are
-one-line calls into this mixin, and what differs per namespace (``rank_zero_info``, ``WandbLogger``) is a class
-attribute there. This module imports neither namespace, so neither callback module pulls in the other.
-Everything that is not Lightning plumbing lives in the engine (`ww_callbacks.engine.SpectralMonitor`).
+Callback, LightningWatcherMixin)`` with their namespace's ``Callback`` first (a real Lightning callback in every
+respect); the mixin's hooks are defined once, here, and installed on each such class when it is created
+(`LightningWatcherMixin.__init_subclass__`), where the namespace's no-op hooks would otherwise shadow them. What
+differs per namespace (``rank_zero_info``, ``WandbLogger``) is a class attribute there. This module imports neither namespace, so neither callback module pulls in the other.
+Everything that follows an analysis lives in the engine (`ww_callbacks.engine.ResultPath`); this module only
+answers the engine's questions in Lightning's terms.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from .engine import EngineViews, MonitorResult, SpectralMonitor, StepSchedule, WatchOptions
+from .distributed import StrategyCollective
+from .engine import EngineViews, Host, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
-from .sinks.lifecycle import summary_line, wandb_options
-from .spectral.report import SpectralReport
-from .stopping import StopDecision
+from .engine.signature import Unpack, WatchKwargs, shared_options_doc, watch_options, watch_signature
 
-log = logging.getLogger(__name__)
+try:
+    from typing import override  # type: ignore[attr-defined]  # Python 3.12+
+except ImportError:  # pragma: no cover - depends on the Python version
+    from typing_extensions import override
 
-__all__ = ["RUN_ON", "LightningWatcherMixin", "StrategyCollective"]
+__all__ = ["RUN_ON", "LightningHost", "LightningWatcherMixin", "lightning_doc"]
 
 #: The hooks the analysis can run at.
 RUN_ON = ("train_epoch_end", "validation_epoch_end")
 
 
 class LightningWatcherMixin(EngineViews):
-    """Lightning hooks around a `SpectralMonitor`: schedule, ranks analyze their shares and merge, log, stop, save.
+    """The Lightning hooks around the engine: schedule, analysis points, background drains, checkpoint state.
 
-    A concrete callback sets `_rank_zero_info` and `_wandb_logger_cls` for its namespace, calls `_init_watch`
-    from ``__init__`` and forwards its hooks: ``setup`` to `_setup_fit`, ``on_fit_start`` to `_open_sinks`,
-    ``on_fit_end``/``on_exception`` to `_end_fit`, the epoch-end hooks to `_epoch_end`,
-    ``on_train_batch_end`` to `_batch_end`, and ``state_dict``/``load_state_dict`` to the engine's.
+    A concrete callback is ``class WeightWatcherCallback(Callback, LightningWatcherMixin)`` and sets
+    `_rank_zero_info` and `_wandb_logger_cls`; every hook is defined here, once, and `__init_subclass__` installs
+    them on the class (a subclass's own overrides are kept).
     """
+
+    #: The Lightning hooks (and checkpoint methods) this mixin implements.
+    HOOKS = (
+        "state_key",
+        "setup",
+        "on_fit_start",
+        "on_fit_end",
+        "on_exception",
+        "on_train_batch_end",
+        "on_train_epoch_end",
+        "on_validation_epoch_end",
+        "state_dict",
+        "load_state_dict",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in LightningWatcherMixin.HOOKS:
+            if name not in cls.__dict__:  # the namespace's Callback comes first in the bases
+                setattr(cls, name, LightningWatcherMixin.__dict__[name])
 
     #: ``rank_zero_info`` of the callback's Lightning namespace.
     _rank_zero_info: ClassVar[Callable[[str], Any]]
     #: ``WandbLogger`` of the callback's Lightning namespace (None if it has none).
     _wandb_logger_cls: ClassVar[Any] = None
 
-    engine: SpectralMonitor
-    run_on: str
-    verbose: bool
-
-    def _init_watch(
-        self, options: WatchOptions, *, run_on: str, every_n_train_steps: int | None = None
+    @watch_signature
+    def __init__(
+        self,
+        *args: Any,
+        every_n_train_steps: int | None = None,
+        run_on: str = "train_epoch_end",
+        **options: Unpack[WatchKwargs],
     ) -> None:
+        super().__init__()
+        watch = watch_options(self, args, options)
         if run_on not in RUN_ON:
             raise ValueError(f"run_on must be one of {RUN_ON}, got {run_on!r}")
-        schedule = make_schedule(
-            options.every_n_epochs, every_n_train_steps, steps_name="every_n_train_steps"
-        )
-        self.engine = SpectralMonitor(options, schedule=schedule)
+        schedule = make_schedule(watch.every_n_epochs, every_n_train_steps, steps_name="every_n_train_steps")
+        self.engine = SpectralMonitor(watch, schedule=schedule)
+        self.results = ResultPath(self.engine)
         self.run_on = run_on
-        self.verbose = options.verbose
+        self.verbose = watch.verbose
+        self._on_steps = isinstance(schedule, StepSchedule)
+        self._state_key = f"{type(self).__qualname__}{ {'prefix': watch.prefix}!r}"  # Lightning's format
         self._last_epoch_run: int | None = None
         self._last_step_run: int | None = None
 
     @property
-    def _on_steps(self) -> bool:
-        return isinstance(self.engine.schedule, StepSchedule)
+    @override
+    def state_key(self) -> str:
+        """Checkpoint key; includes the prefix so that several instances can coexist (computed once: Lightning
+        reads it around every hook)."""
+        return self._state_key
 
-    # ---------------------------------------------------------------- what the hooks call
-    def _setup_fit(self, trainer: Any, stage: str) -> None:
+    # ---------------------------------------------------------------- hooks
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
         _refuse_unsupported_strategy(trainer.strategy)
@@ -74,102 +103,84 @@ class LightningWatcherMixin(EngineViews):
             # Rank 0's seed everywhere (a checkpoint's, loaded later, is the same on every rank anyway).
             self.engine.seed = int(trainer.strategy.broadcast(self.engine.seed, src=0))
 
-    def _open_sinks(self, trainer: Any) -> None:
-        if trainer.fast_dev_run:
-            return
-        history_path = self._history_path(trainer)  # collective: every rank calls it
-        if not trainer.is_global_zero:
-            return
-        run, from_logger = self._wandb_run(trainer)
-        options = wandb_options(per_layer=self.engine.per_layer, summaries_elsewhere=from_logger)
-        self.engine.open_sinks(
-            history_path=history_path, wandb_run=run, step_metric="trainer/global_step", **options
-        )
+    @override
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.results.begin(LightningHost(self, trainer), open_sinks=not trainer.fast_dev_run)
 
+    @override
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.results.end()
+
+    @override
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.results.end(exception)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._on_steps and self.engine.background is None:
+            return  # the common case, every batch: nothing to do
+        due = self._step_due(trainer)
+        if due:
+            self._analyze(trainer, pl_module, is_last=0 < (trainer.max_steps or -1) <= trainer.global_step)
+        # Under several ranks results are merged with a collective: only where every rank comes.
+        if self.engine.background is not None and (due or trainer.world_size <= 1):
+            self.results.drain()
+
+    @override
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._epoch_end(trainer, pl_module, "train_epoch_end")
+
+    @override
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._epoch_end(trainer, pl_module, "validation_epoch_end")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state_dict)
+
+    # ---------------------------------------------------------------- analysis points
     def _epoch_end(self, trainer: Any, pl_module: Any, hook: str) -> None:
-        if hook == self.run_on and not self._on_steps:
-            self._maybe_run(trainer, pl_module)
-        if self.engine.background is not None and not trainer.sanity_checking:
-            self._drain(trainer, pl_module)  # after a submit that waited for the worker: its result too
+        if trainer.sanity_checking:
+            return
+        if hook == self.run_on and self._epoch_due(trainer):
+            max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: no limit
+            self._last_epoch_run = int(trainer.current_epoch)
+            self._analyze(trainer, pl_module, is_last=0 < max_epochs <= trainer.current_epoch + 1)
+        if self.engine.background is not None:
+            self.results.drain()  # after a submit that waited for the worker: its result too
 
-    # ---------------------------------------------------------------- the work
-    def _should_skip(self, trainer: Any) -> bool:
-        return bool(
-            trainer.sanity_checking
-            or trainer.fast_dev_run
+    def _epoch_due(self, trainer: Any) -> bool:
+        # Every branch depends only on values all ranks share, so collectives always pair up.
+        return not (
+            trainer.fast_dev_run
             or trainer.state.fn != "fit"
             or self._on_steps
             or not self.engine.should_run(trainer.current_epoch)
             or self._last_epoch_run == trainer.current_epoch  # several validations in one epoch
         )
 
-    def _maybe_run(self, trainer: Any, pl_module: Any) -> None:
-        # Every branch below depends only on values all ranks share, so collectives always pair up.
-        if self._should_skip(trainer):
-            return
-        epoch, step = int(trainer.current_epoch), self._logged_step(trainer)
-        self._last_epoch_run = epoch
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: no limit
-        if self.engine.background is not None:
-            self._submit(trainer, pl_module, epoch=epoch, step=step, is_last=0 < max_epochs <= epoch + 1)
-            return
-        report = self._analyze_and_share(trainer, pl_module, epoch)
-        result = self.engine.record(report, epoch=epoch, step=step)
-        self._log_metrics(trainer, pl_module, result)
-        stops = self.engine.early_stopping is not None and self._apply_decision(
-            trainer, result.decision, epoch
-        )
-        # "last" means training ends here: not when a rule fired but min_epochs/min_steps keep it going.
-        self.engine.emit(result, epoch=epoch, step=step, is_last=stops or 0 < max_epochs <= epoch + 1)
-
-    def _analyze_and_share(
-        self, trainer: Any, pl_module: Any, epoch: int, step: int | None = None
-    ) -> SpectralReport | None:
-        if trainer.world_size <= 1:
-            return self.engine.analyze(pl_module, epoch=epoch, step=step)
-        # Every rank analyzes its share (rank 0 all of it with shard_layers=False) and gets the merged report.
-        collective = StrategyCollective(trainer)
-        return self.engine.analyze(pl_module, epoch=epoch, step=step, collective=collective)
-
-    def _log_metrics(self, trainer: Any, pl_module: Any, result: MonitorResult) -> None:
-        distributed = trainer.world_size > 1
-        for name, value in result.metrics.items():
-            # Identical on every rank: "max" syncs them exactly (no mean rounding) and avoids Lightning's
-            # "use sync_dist=True" warning.
-            pl_module.log(
-                name,
-                value,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=False,
-                logger=bool(trainer.loggers),  # logger=False trainers still get callback_metrics
-                sync_dist=distributed,
-                reduce_fx="max" if distributed else "mean",
-            )
-        if self.verbose and result.report is not None:
-            type(self)._rank_zero_info(summary_line(trainer.current_epoch, result.metrics))
-
-    def _apply_decision(self, trainer: Any, decision: StopDecision | None, epoch: int) -> bool:
-        """Reduce the decision over ranks and stop if allowed; True when training stops after this epoch."""
-        wants_stop = bool(decision is not None and decision.stop)
-        wants_stop = bool(trainer.strategy.reduce_boolean_decision(wants_stop, all=False))
-        if not wants_stop:
+    def _step_due(self, trainer: Any) -> bool:
+        if not self._on_steps or trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
             return False
-        reason = decision.reason if decision is not None and decision.stop else "another rank's rule"
-        info = type(self)._rank_zero_info
-        if not self._can_stop(trainer):
-            info(
-                f"WeightWatcherCallback: the stopping rule fired at epoch {epoch} ({reason}), but "
-                f"min_epochs={trainer.min_epochs} / min_steps={trainer.min_steps} is not reached; going on"
-            )
+        global_step = int(trainer.global_step)  # counts optimizer steps: accumulating batches repeat it
+        if global_step == self._last_step_run or not self.engine.should_run(global_step):
             return False
-        trainer.should_stop = True
-        self.engine.record_stop(epoch, reason)
-        info(f"WeightWatcherCallback: stopping at epoch {epoch}: {reason}")
+        self._last_step_run = global_step
         return True
 
+    def _analyze(self, trainer: Any, pl_module: Any, *, is_last: bool) -> None:
+        self.results.analyze(
+            pl_module, epoch=int(trainer.current_epoch), step=self._logged_step(trainer), is_last=is_last
+        )
+
     def _logged_step(self, trainer: Any) -> int:
-        """The step Lightning's loggers record this hook's metrics at, so history and W&B rows line up.
+        """The step Lightning's loggers record this hook's metrics at, so history, W&B and loggers line up.
 
         Lightning logs epoch-end training metrics one step back (``FitLoop.on_advance_end``), and
         validation-end metrics at the current step; both count batches that stepped the optimizer. At
@@ -182,164 +193,86 @@ class LightningWatcherMixin(EngineViews):
             return stepped
         return max(stepped - 1, 0) if self.run_on == "train_epoch_end" else stepped
 
-    @staticmethod
-    def _can_stop(trainer: Any) -> bool:
-        min_epochs = trainer.min_epochs or 0
-        min_steps = trainer.min_steps or 0
-        return trainer.current_epoch + 1 >= min_epochs and trainer.global_step >= min_steps
-
-    def _history_path(self, trainer: Any) -> str | None:
-        options, log_dir = self.engine.options, None
-        if options.history_path is None or options.history_path is True:
-            log_dir = trainer.log_dir or trainer.default_root_dir  # broadcasts: every rank must call it
-        return options.history_file(log_dir)
-
-    def _wandb_run(self, trainer: Any) -> tuple[Any, bool]:
-        """(the run to log to, whether the trainer's ``WandbLogger`` already sends it the summaries)."""
-        if not self.engine.options.log_wandb:
-            return None, False
-        logger_cls = type(self)._wandb_logger_cls
-        if logger_cls is not None:
-            for logger in trainer.loggers:
-                if isinstance(logger, logger_cls):
-                    try:
-                        return logger.experiment, True
-                    except Exception as exc:
-                        self.engine.warn(f"cannot reach the WandbLogger's run ({type(exc).__name__}: {exc})")
-                        return None, False
-        try:
-            return self.engine.resolve_wandb_run(), False
-        except Exception as exc:
-            self.engine.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
-            return None, False
-
-    # ---------------------------------------------------------------- step schedules, background analysis
-    def _batch_end(self, trainer: Any, pl_module: Any) -> None:
-        due = self._step_due(trainer)
-        if due:
-            self._run_at_step(trainer, pl_module)
-        # Under DDP results are shared with a collective: only where every rank comes (analysis points).
-        if self.engine.background is not None and (due or trainer.world_size <= 1):
-            self._drain(trainer, pl_module)
-
-    def _step_due(self, trainer: Any) -> bool:
-        if not self._on_steps or trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
-            return False
-        global_step = int(trainer.global_step)  # counts optimizer steps: accumulating batches repeat it
-        return global_step != self._last_step_run and self.engine.should_run(global_step)
-
-    def _run_at_step(self, trainer: Any, pl_module: Any) -> None:
-        self._last_step_run = int(trainer.global_step)
-        epoch, step = int(trainer.current_epoch), self._logged_step(trainer)
-        max_steps = trainer.max_steps if trainer.max_steps is not None else -1
-        is_last = 0 < max_steps <= trainer.global_step
-        if self.engine.background is not None:
-            self._submit(trainer, pl_module, epoch=epoch, step=step, is_last=is_last)
-            return
-        report = self._analyze_and_share(trainer, pl_module, epoch, step)
-        result = self.engine.record(report, epoch=epoch, step=step)
-        self._log_at_step(trainer, result)
-        stops = self.engine.early_stopping is not None and self._apply_decision(
-            trainer, result.decision, epoch
-        )
-        self.engine.emit(result, epoch=epoch, step=step, is_last=stops or is_last)
-
-    def _submit(self, trainer: Any, pl_module: Any, *, epoch: int, step: int, is_last: bool) -> None:
-        background = self.engine.background
-        if background is not None and trainer.is_global_zero:  # rank 0 analyzes, the others get the results
-            background.submit(pl_module, epoch=epoch, step=step, is_last=is_last)
-
-    def _drain(self, trainer: Any, pl_module: Any, *, act: bool = True, share: bool = True) -> None:
-        """Log the background results finished so far at their own steps; act on their rules' decisions."""
-        background = self.engine.background
-        if background is None:
-            return
-        results = background.collect() if trainer.is_global_zero else []
-        if share and trainer.world_size > 1:
-            results = self._share_results(trainer, results)
-        for result in results:
-            if result.report is None:
-                continue
-            self._log_at_step(trainer, result)
-            # The first stop counts: analyses that finish after it do not move the recorded stop.
-            if act and self.engine.early_stopping is not None and not trainer.should_stop:
-                self._apply_decision(trainer, result.decision, int(result.epoch or 0))
-
-    def _share_results(self, trainer: Any, results: list[MonitorResult]) -> list[MonitorResult]:
-        payload = None
-        if trainer.is_global_zero:
-            payload = []
-            for r in results:
-                try:
-                    report = None if r.report is None else r.report.to_dict()
-                except Exception as exc:  # never leave the other ranks waiting on a broken report
-                    self.engine.warn(f"cannot share the report ({type(exc).__name__}: {exc})")
-                    report = None
-                payload.append((r.epoch, r.step, report))
-        payload = trainer.strategy.broadcast(payload, src=0)
-        if trainer.is_global_zero:
-            return results
-        return [
-            self.engine.record(None if d is None else SpectralReport.from_dict(d), epoch=e, step=s)
-            for e, s, d in payload
-        ]
-
-    def _log_at_step(self, trainer: Any, result: MonitorResult) -> None:
-        """Log ``result`` through the trainer's loggers at its own step, and into ``callback_metrics``.
-
-        ``pl_module.log`` cannot do this: step values reach the loggers only every ``log_every_n_steps``, and
-        a background result belongs to an earlier step than the current one.
-        """
-        if not result.metrics:
-            return
-        import torch
-
-        for logger in trainer.loggers:
-            try:
-                logger.log_metrics(dict(result.metrics), step=int(result.step or 0))
-            except Exception as exc:
-                self.engine.warn(f"logging to {type(logger).__name__} failed ({type(exc).__name__}: {exc})")
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in result.metrics.items()})
-        if self.verbose and result.report is not None:
-            type(self)._rank_zero_info(summary_line(int(result.epoch or 0), result.metrics))
-
-    def _end_fit(self, trainer: Any, pl_module: Any, exception: BaseException | None = None) -> None:
-        """Finish the background work (Ctrl-C: only the running analysis, briefly), log it, close the sinks."""
-        try:
-            background = self.engine.background
-            if background is not None:
-                if trainer.is_global_zero:
-                    background.finish(interrupted=isinstance(exception, KeyboardInterrupt))
-                # After an exception the other ranks may be gone: no collectives then.
-                self._drain(trainer, pl_module, act=False, share=exception is None)
-        finally:
-            self.engine.close_sinks()
-
     def __repr__(self) -> str:
         return f"WeightWatcherCallback({self.engine!r}, run_on={self.run_on!r})"
 
 
-class StrategyCollective:
-    """`ww_callbacks.distributed.Collective` over a Lightning trainer's processes: torch.distributed's group
-    that the strategy set up, else the strategy's own ``broadcast`` from each rank in turn.
+class LightningHost(Host):
+    """The engine's questions answered by a Lightning ``Trainer``.
 
-    Example::
-
-        report = monitor.analyze(pl_module, epoch=trainer.current_epoch, collective=StrategyCollective(trainer))
+    Values go straight into ``trainer.callback_metrics`` (where stock ``EarlyStopping`` and ``ModelCheckpoint``
+    read them) and to every logger with ``logger.log_metrics(values, step=...)``, as Lightning's own
+    ``LearningRateMonitor`` does, with ``epoch`` added as Lightning adds it to its own logs: no ``self.log``
+    result collection, and no sync is needed (every rank holds the same merged report).
     """
 
-    def __init__(self, trainer: Any) -> None:
-        self.rank = int(trainer.global_rank)
-        self.world_size = int(trainer.world_size)
-        self._strategy = trainer.strategy
+    wandb_step_metric = "trainer/global_step"
 
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        dist = sys.modules.get("torch.distributed")
-        if dist is not None and dist.is_available() and dist.is_initialized():
-            out: list[Any] = [None] * self.world_size
-            dist.all_gather_object(out, obj)
-            return out
-        return [self._strategy.broadcast(obj, src=rank) for rank in range(self.world_size)]
+    def __init__(self, callback: LightningWatcherMixin, trainer: Any) -> None:
+        self._callback = callback
+        self.trainer = trainer
+        self.is_main = bool(trainer.is_global_zero)
+        self._collective = (
+            StrategyCollective(trainer.global_rank, trainer.world_size, trainer.strategy.broadcast)
+            if trainer.world_size > 1
+            else None
+        )
+        self._from_logger: Any = None
+
+    def collective(self) -> StrategyCollective | None:
+        return self._collective
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(self.trainer.strategy.reduce_boolean_decision(bool(flag), all=False))
+
+    def broadcast(self, obj: Any) -> Any:
+        return self.trainer.strategy.broadcast(obj, src=0)
+
+    def log(self, values: Mapping[str, float], *, epoch: int, step: int) -> None:
+        import torch
+
+        trainer = self.trainer
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics({**values, "epoch": epoch}, step=step)
+            except Exception as exc:  # a broken logger never stops training
+                self._callback.engine.warn(
+                    f"{type(logger).__name__} failed to log ({type(exc).__name__}: {exc})"
+                )
+
+    def info(self, message: str) -> None:
+        type(self._callback)._rank_zero_info(message)
+
+    def stop(self, *, epoch: int, step: int, reason: str) -> bool:
+        trainer = self.trainer
+        if trainer.current_epoch + 1 < (trainer.min_epochs or 0) or trainer.global_step < (
+            trainer.min_steps or 0
+        ):
+            self.info(
+                f"WeightWatcherCallback: the stopping rule fired at epoch {epoch} ({reason}), but "
+                f"min_epochs={trainer.min_epochs} / min_steps={trainer.min_steps} is not reached; going on"
+            )
+            return False
+        trainer.should_stop = True
+        return True
+
+    def stopping(self) -> bool:
+        return bool(self.trainer.should_stop)
+
+    def log_dir(self) -> str | None:
+        return self.trainer.log_dir or self.trainer.default_root_dir  # broadcasts: every rank calls it
+
+    def wandb_run(self) -> Any:
+        logger_cls = type(self._callback)._wandb_logger_cls
+        for logger in self.trainer.loggers if logger_cls is not None else ():
+            if isinstance(logger, logger_cls):
+                self._from_logger = logger.experiment
+                return self._from_logger
+        return None
+
+    def wandb_summaries_elsewhere(self, run: Any, *, owned: bool) -> bool:
+        return run is not None and run is self._from_logger  # the WandbLogger gets them through `log`
 
 
 def _refuse_unsupported_strategy(strategy: Any) -> None:
@@ -355,3 +288,93 @@ def _refuse_unsupported_strategy(strategy: Any) -> None:
             "WeightWatcherCallback does not support DeepSpeedStrategy with ZeRO stage 3 (partitioned "
             "parameters); use stage 1 or 2, or ModelParallelStrategy (FSDP2)"
         )
+
+
+def lightning_doc(namespace: str) -> str:
+    """The callback's docstring for ``namespace`` (``lightning.pytorch`` or ``pytorch_lightning``)."""
+    return (
+        _LIGHTNING_DOC.replace("{ns}", namespace)
+        + shared_options_doc()
+        + _LIGHTNING_EXAMPLE.replace("{ns}", namespace).replace(
+            "{mod}", "lightning" if namespace == "lightning.pytorch" else "pytorch_lightning"
+        )
+    )
+
+
+_LIGHTNING_DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for {ns}.
+
+    When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
+    default) or at the end of that epoch's validation (``run_on="validation_epoch_end"``), once per epoch and
+    only while fitting: sanity checks, ``fast_dev_run``, ``validate()``, ``test()`` and ``predict()`` are skipped.
+    With ``every_n_train_steps=n`` instead: in ``on_train_batch_end`` after the optimizer step that makes
+    ``global_step`` a multiple of n (``ModelCheckpoint``'s convention; accumulating batches do not count).
+
+    What it does: reads the weights of the analyzable layers (Linear, Conv1d/2d, Embedding ...), runs
+    `ww_callbacks.analyze` on them and puts the summary metrics, as ``{prefix}{metric}`` (plus
+    ``{prefix}{layer}/{metric}`` with ``per_layer=True``), into ``trainer.callback_metrics``, where stock
+    ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them (they run after this callback), and into every
+    logger (CSV, TensorBoard, MLflow, W&B ...) with ``log_metrics`` at the step Lightning logs that hook's
+    metrics at (``global_step - 1`` at a training epoch end, the batch's own row on step schedules), with
+    ``epoch``, whatever ``log_every_n_steps`` is. Values that are not finite (no layer's fit succeeded) are not
+    logged. ``callback_metrics`` keeps the last value, so with ``every_n_epochs > 1`` a stock ``EarlyStopping``
+    also counts the epochs in between; the ``early_stopping`` rules count analyses only. Optionally writes every
+    report to a JSON-lines history file and to W&B.
+
+    Background (``background=True``): at the analysis point the callback only copies the analyzed matrices
+    (CUDA: into pinned host memory, non-blocking) and a worker thread analyzes, records and writes the history
+    file and W&B. The results are logged at the step they belong to at the next hook (the next batch end or
+    epoch end; under DDP at the next analysis point or epoch end), and the rule's decision takes effect there:
+    training stops one analysis later than it would synchronously. Under DDP each rank's worker analyzes its
+    share of the layers and the shares are merged at those points. With ``max_pending`` analyses pending, the
+    next analysis point waits for the oldest (never skipped; ``background_waits`` in the history counts the
+    waits). At the end of ``fit`` the pending work is finished and logged before the sinks close; on an
+    exception too (Ctrl-C: only the running analysis, for at most 30 s). The numbers are exactly those of
+    ``background=False``.
+
+    Early stopping: the ``early_stopping`` rule (`ww_callbacks.stopping`) sees every report; when it says stop,
+    the decision is reduced over ranks (``reduce_boolean_decision``, any rank stops all) and turned into
+    ``trainer.should_stop`` once ``min_epochs``/``min_steps`` are met; ``stopped_epoch`` and ``stop_reason``
+    record it and the reason is logged.
+
+    Distributed (DDP, ``ModelParallelStrategy`` with FSDP2 ``fully_shard`` / tensor parallel): each rank analyzes
+    a cost-balanced share of the layers (``shard_layers=True``; False: rank 0 analyzes them all) and the results
+    are merged on every rank with the strategy's collectives (``all_gather_object``), so every rank logs the same
+    values, feeds its rule the same report and stops at the same epoch. DTensor weights are gathered one layer
+    at a time by the rank that analyzes it. ``FSDPStrategy`` (FSDP1) and DeepSpeed ZeRO-3 raise ``ValueError``
+    at setup. The shuffles of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``, one child per
+    layer (step schedules: ``[seed, step]``), so they do not depend on the rank, on the sharding or on
+    resuming.
+
+    Where things go: ``history_path=None`` writes ``<trainer.log_dir>/ww_history.jsonl`` on rank 0; W&B gets the
+    ``WandbLogger``'s run among ``trainer.loggers``, else an active ``wandb.run``.
+
+    Resuming: ``state_dict()`` keeps the history, the rule's state (patience count ...), the seed and the last
+    report; the ``state_key`` includes the prefix, so several instances can share a checkpoint.
+
+    Args:
+        every_n_train_steps: analyze after every n-th optimizer step instead of at epoch ends.
+        run_on: ``"train_epoch_end"`` or ``"validation_epoch_end"`` (epoch schedules).
+"""
+
+_LIGHTNING_EXAMPLE = """
+    Attributes:
+        engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
+        last_report: the latest `ww_callbacks.SpectralReport`.
+        history: one dict per analyzed epoch (epoch, step, summary metrics, num_summarized ...).
+        stopped_epoch: the epoch at which the rule stopped training, or None.
+        stop_reason: why ("" if it did not stop).
+
+    Example::
+
+        from {ns} import Trainer
+        from {ns}.callbacks import EarlyStopping
+        from ww_callbacks.{mod} import WeightWatcherCallback
+        from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau
+
+        ww = WeightWatcherCallback(
+            early_stopping=AnyOf(AlphaBelow(2.0), Plateau("rand_distance", mode="max", patience=3, min_delta=1e-3)),
+        )
+        trainer = Trainer(max_epochs=50, callbacks=[ww, EarlyStopping(monitor="ww/alpha", mode="min", patience=5)])
+        trainer.fit(model, datamodule)
+        print(ww.stopped_epoch, ww.stop_reason, ww.last_report.to_pandas())
+"""

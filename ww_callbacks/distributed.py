@@ -13,7 +13,12 @@ Every rank calls `analyze_shared` with the same layers (its own snapshot of the 
    rank gathers the layers of that round, keeps its own and analyzes it; no rank ever holds the whole model;
 5. the per-layer results are exchanged (``all_gather_object``) and merged in layer order on every rank.
 
-torch is imported lazily (`TorchCollective` only).
+For background analysis the same work is split in two: `share_layers` (the collective part, at the analysis
+point: agree, assign, gather this rank's sharded layers) and `merge_shares` (a collective at a later point that
+every rank reaches), with the analysis of this rank's share in between, on its worker thread.
+
+This module is also the package's one home for ``torch.distributed`` checks: `process_group`, `broadcast`,
+`any_process`. torch is imported lazily.
 
 Example:
     >>> import numpy as np
@@ -27,14 +32,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .layers import LayerWeights
-from .spectral.layer import analyze_layer, analyze_layers, analyze_with_generators, layer_rngs
+from .spectral.layer import analyze_layer, analyze_layers, analyze_with_generators, layer_result, layer_rngs
 from .spectral.options import AnalysisOptions
 from .spectral.report import STATUS_ERROR, LayerResult
 
@@ -42,12 +49,66 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Collective",
+    "LocalShare",
+    "StrategyCollective",
     "TorchCollective",
     "analyze_shared",
+    "any_process",
     "assign_layers",
+    "broadcast",
     "has_sharded_layers",
     "layer_cost",
+    "merge_shares",
+    "process_group",
+    "share_layers",
 ]
+
+
+def process_group() -> Any:
+    """``torch.distributed`` when a process group of more than one process is initialized, else None.
+
+    Never imports torch: without ``torch.distributed`` in ``sys.modules`` there can be no process group.
+
+    Example:
+        >>> process_group() is None
+        True
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist if dist.get_world_size() > 1 else None
+
+
+def broadcast(obj: Any, src: int = 0) -> Any:
+    """Process ``src``'s ``obj`` on every process (``obj`` itself without a process group).
+
+    Example:
+        >>> broadcast({"seed": 3})
+        {'seed': 3}
+    """
+    dist = process_group()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_process(flag: bool, device: Any = None) -> bool:
+    """True on every process when ``flag`` is true on any (``all_reduce`` MAX; on ``device`` for NCCL).
+
+    Example:
+        >>> any_process(True), any_process(False)
+        (True, False)
+    """
+    dist = process_group()
+    if dist is None:
+        return bool(flag)
+    import torch
+
+    value = torch.tensor([int(bool(flag))], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 @runtime_checkable
@@ -72,20 +133,40 @@ class TorchCollective:
     """
 
     def __init__(self, group: Any = None) -> None:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
+        dist = sys.modules.get("torch.distributed")
+        if dist is None or not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("torch.distributed is not initialized: call init_process_group first")
         self.group = group
         self.rank = int(dist.get_rank(group))
         self.world_size = int(dist.get_world_size(group))
 
     def all_gather_object(self, obj: Any) -> list[Any]:
-        import torch.distributed as dist
-
+        dist = sys.modules["torch.distributed"]
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self.group)
         return out
+
+
+class StrategyCollective:
+    """`Collective` of a training framework's processes: torch.distributed's group when one is initialized, else
+    the framework's own ``broadcast(obj, src=rank)`` from each rank in turn (Lightning strategies).
+
+    Example:
+        >>> StrategyCollective(0, 1, lambda obj, src: obj).all_gather_object("x")
+        ['x']
+    """
+
+    def __init__(self, rank: int, world_size: int, broadcast: Any) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._broadcast = broadcast
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        dist = process_group()
+        if dist is not None:
+            out: list[Any] = [None] * self.world_size
+            dist.all_gather_object(out, obj)
+            return out
+        return [self._broadcast(obj, src=rank) for rank in range(self.world_size)]
 
 
 def layer_cost(lw: LayerWeights) -> int:
@@ -153,13 +234,9 @@ def analyze_shared(
                                           opts=AnalysisOptions(), collective=TorchCollective())
     """
     start = time.perf_counter()
-    _agree_on_layers(layers, collective)
-    assert layers is not None  # _agree_on_layers raised otherwise
-    legacy = isinstance(rng, np.random.RandomState)
-    one_rank = legacy or not shard or collective.world_size == 1
-    owners = [0] * len(layers) if one_rank else assign_layers(layers, collective.world_size)
+    owners, legacy = _plan(layers, rng, collective, shard)
+    assert layers is not None  # _plan raised otherwise
     rank = collective.rank
-    log.debug("rank %d analyzes layers %s", rank, [i for i, owner in enumerate(owners) if owner == rank])
     if not has_sharded_layers(layers):
         mine = [i for i, owner in enumerate(owners) if owner == rank]
         if legacy:  # everything on rank 0, one layer after another
@@ -171,12 +248,104 @@ def analyze_shared(
             )
         results = dict(zip(mine, local, strict=True))
     else:
-        results = _analyze_in_rounds(layers, owners, rank, layer_rngs(rng, layers), opts, in_order=one_rank)
-    parts = collective.all_gather_object((results, time.perf_counter() - start))
+        rngs = layer_rngs(rng, layers)
+        results = {}
+
+        def analyze_own(index: int, layer: LayerWeights | LayerResult) -> None:
+            # a failed gather is already a result; the gathered copy is analyzed at once (one held at a time)
+            if isinstance(layer, LayerResult):
+                results[index] = layer
+            else:
+                results[index] = analyze_layer(layer, rng=rngs[index], opts=opts)
+
+        _walk_rounds(layers, owners, rank, analyze_own, in_order=legacy or not shard)
+    return merge_shares(results, time.perf_counter() - start, collective=collective, total=len(layers))
+
+
+def _plan(
+    layers: Sequence[LayerWeights] | None, rng: Any, collective: Collective, shard: bool
+) -> tuple[list[int], bool]:
+    """(each layer's owner, whether the shuffles come from a legacy RandomState); every rank agrees."""
+    _agree_on_layers(layers, collective)
+    assert layers is not None  # _agree_on_layers raised otherwise
+    legacy = isinstance(rng, np.random.RandomState)
+    one_rank = legacy or not shard or collective.world_size == 1
+    owners = [0] * len(layers) if one_rank else assign_layers(layers, collective.world_size)
+    log.debug(
+        "rank %d analyzes layers %s",
+        collective.rank,
+        [i for i, owner in enumerate(owners) if owner == collective.rank],
+    )
+    return owners, legacy
+
+
+@dataclass
+class LocalShare:
+    """This rank's part of a shared analysis, ready for a worker: its layers (own copies), their generators,
+    and the results known already (gathers that failed). `analyze` runs the part; `merge_shares` joins the parts.
+
+    Example:
+        >>> LocalShare(total=0).analyze(AnalysisOptions())
+        {}
+    """
+
+    total: int
+    indices: list[int] = field(default_factory=list)
+    layers: list[LayerWeights] = field(default_factory=list)
+    generators: list[Any] = field(default_factory=list)
+    known: dict[int, LayerResult] = field(default_factory=dict)
+
+    def analyze(self, opts: AnalysisOptions, n_jobs: int | None = None) -> dict[int, LayerResult]:
+        """This rank's results, by layer index (no collective: safe on a worker thread)."""
+        local = analyze_with_generators(self.layers, self.generators, opts=opts, n_jobs=n_jobs)
+        return {**self.known, **dict(zip(self.indices, local, strict=True))}
+
+
+def share_layers(
+    layers: Sequence[LayerWeights] | None,
+    *,
+    rng: np.random.Generator,
+    collective: Collective,
+    shard: bool = True,
+    copy: Any = None,
+) -> LocalShare:
+    """The collective first half of a background analysis: agree on the layers, assign them, and gather this
+    rank's sharded layers (every rank takes part in every gather). ``copy`` (a function of a layer) makes the
+    copies a worker may read while training goes on; gathered layers are this rank's own already.
+
+    Example::
+
+        share = share_layers(snapshot(model), rng=rng, collective=TorchCollective())   # all ranks, now
+        part = share.analyze(opts)                                                      # each rank, later
+        results, seconds = merge_shares(part, 0.0, collective=collective, total=share.total)  # all ranks
+    """
+    owners, _ = _plan(layers, rng, collective, shard)
+    assert layers is not None
+    share = LocalShare(total=len(layers))
+    rngs = layer_rngs(rng, layers)
+
+    def keep(index: int, layer: LayerWeights | LayerResult) -> None:
+        if isinstance(layer, LayerResult):
+            share.known[index] = layer
+            return
+        own = layer if copy is None or layer.extra.get("disposable") else copy(layer)
+        share.indices.append(index)
+        share.layers.append(own)
+        share.generators.append(rngs[index])
+
+    _walk_rounds(layers, owners, collective.rank, keep, in_order=not shard)
+    return share
+
+
+def merge_shares(
+    part: dict[int, LayerResult], seconds: float, *, collective: Collective, total: int
+) -> tuple[list[LayerResult], float]:
+    """Every rank's results in layer order and the slowest rank's seconds, on every rank (a collective)."""
+    parts = collective.all_gather_object((part, seconds))
     merged: dict[int, LayerResult] = {}
-    for part, _ in parts:
-        merged.update(part)
-    return [merged[i] for i in range(len(layers))], max(seconds for _, seconds in parts)
+    for piece, _ in parts:
+        merged.update(piece)
+    return [merged[i] for i in range(total)], max(elapsed for _, elapsed in parts)
 
 
 def _agree_on_layers(layers: Sequence[LayerWeights] | None, collective: Collective) -> None:
@@ -207,35 +376,32 @@ def _rounds(layers: Sequence[LayerWeights], owners: list[int], in_order: bool) -
     return [[q[k] for _, q in sorted(queues.items()) if k < len(q)] for k in range(depth)]
 
 
-def _analyze_in_rounds(
+def _walk_rounds(
     layers: Sequence[LayerWeights],
     owners: list[int],
     rank: int,
-    rngs: list[Any],
-    opts: AnalysisOptions,
+    use: Any,
     *,
     in_order: bool,
-) -> dict[int, LayerResult]:
-    """Gather the sharded layers of each round on every rank (keeping only this rank's), then analyze this rank's
-    layer of the round: at most one gathered layer is held at a time, besides the one in flight."""
-    results: dict[int, LayerResult] = {}
+) -> None:
+    """Hand this rank's layers to ``use(index, layer)`` (a `LayerResult` when its gather failed), gathering the
+    sharded layers of each round on every rank (keeping only this rank's): at most one gathered layer is held
+    at a time here, besides what ``use`` keeps."""
     for group in _rounds(layers, owners, in_order):
-        own: tuple[int, LayerWeights] | None = None
+        own: tuple[int, LayerWeights | LayerResult] | None = None
         for index in group:
-            layer = layers[index]
-            if _needs_gather(layer):
+            layer: LayerWeights | LayerResult = layers[index]
+            if isinstance(layer, LayerWeights) and _needs_gather(layer):
                 try:
                     layer = _gathered(layer)  # every rank takes part, even if not the owner
                 except Exception as exc:
-                    results[index] = _gather_failed(layers[index], exc)
-                    continue
+                    layer = _gather_failed(layers[index], exc)
             if owners[index] == rank:
                 own = (index, layer)
             del layer
-        if own is not None and own[0] not in results:
-            results[own[0]] = analyze_layer(own[1], rng=rngs[own[0]], opts=opts)
+        if own is not None:
+            use(*own)
         del own
-    return {i: r for i, r in results.items() if owners[i] == rank}
 
 
 def _needs_gather(lw: LayerWeights) -> bool:
@@ -251,17 +417,6 @@ def _gathered(lw: LayerWeights) -> LayerWeights:
 
 
 def _gather_failed(lw: LayerWeights, exc: Exception) -> LayerResult:
-    res = LayerResult(
-        layer_id=lw.layer_id,
-        name=lw.name,
-        longname=lw.longname,
-        layer_type=lw.kind,
-        N=lw.N,
-        M=lw.M,
-        rf=lw.rf,
-        Q=lw.Q,
-        num_evals=lw.num_evals,
-        ww_parity=lw.ww_parity,
-    )
+    res = layer_result(lw)
     res.status, res.reason = STATUS_ERROR, f"gathering the sharded weight failed: {type(exc).__name__}: {exc}"
     return res

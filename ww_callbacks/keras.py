@@ -19,18 +19,14 @@ Importing this module imports keras (and so the configured backend); importing `
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 
-from .engine import EngineViews, MonitorResult, SpectralMonitor, StepSchedule, WatchOptions
-from .engine.options import HistoryPath
+from .engine import EngineViews, Host, MonitorResult, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
-from .sinks.lifecycle import summary_line, wandb_options
-from .spectral.catalog import SUMMARY_COUNTS
-from .spectral.report import STATUS_NON_FINITE, SpectralReport
-from .stopping import StoppingRule
+from .engine.signature import Unpack, WatchKwargs, shared_options_doc, watch_options, watch_signature
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -38,66 +34,7 @@ log = logging.getLogger(__name__)
 
 _NAN = float("nan")
 
-
-class _StepsAndBackground:
-    """The Keras callback's step-schedule and background parts (``every_n_batches``, ``background=True``)."""
-
-    engine: SpectralMonitor
-    model: Any
-    params: dict[str, Any]
-    verbose: bool
-    restore_best_weights: bool
-    batches_seen: int
-    _on_steps: bool
-    _epoch: int
-    _latest: dict[str, float]
-    _analyze: Callable[..., dict[str, float]]
-    _track_best: Callable[[SpectralReport, int], None]
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch = int(epoch)
-
-    def _step_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """``on_train_batch_end`` on step schedules only (a batch hook turns off Keras' asynchronous steps)."""
-        self.batches_seen += 1
-        if self.engine.should_run(self.batches_seen):
-            values = self._analyze(self._epoch, step=self.batches_seen)
-            self._latest.update(values)
-            if logs is not None:  # at the batch analyzed: TensorBoard(update_freq=n) and batch loggers see it
-                logs.update(values)
-        self._drain()
-
-    def _use(self, result: MonitorResult) -> dict[str, float]:
-        """Act on one recorded result: verbose line, best weights, stop; its values for the logs."""
-        if result.report is None:
-            return {}
-        epoch = int(result.epoch or 0)
-        if self.verbose:
-            log.info("%s", summary_line(epoch, result.metrics))
-        if self.restore_best_weights:
-            self._track_best(result.report, epoch)
-        if result.stop and result.decision is not None and self.engine.stopped_epoch is None:
-            self.model.stop_training = True
-            self.engine.record_stop(epoch, result.decision.reason)
-            log.info("WeightWatcherCallback: stopping at epoch %d: %s", epoch, result.decision.reason)
-        return result.metrics
-
-    def _drain(self) -> None:
-        """Background results finished so far: acted on now, their values go into the next epoch-end logs."""
-        if self.engine.background is not None:
-            for result in self.engine.background.collect():
-                self._latest.update(self._use(result))
-
-    def _is_last(self, epoch: int, step: int) -> bool:
-        params = self.params or {}
-        epochs, steps = params.get("epochs"), params.get("steps")
-        if self._on_steps:
-            return epochs is not None and steps is not None and step >= int(epochs) * int(steps)
-        return epochs is not None and epoch + 1 >= int(epochs)
-
-
-class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, EngineViews):
-    """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
+_DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
     ``{prefix}{metric}`` (and ``{prefix}{layer}/{metric}`` with ``per_layer=True``) into the epoch's ``logs``.
@@ -137,44 +74,30 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
     are those of the next epoch end. With ``max_pending`` analyses pending the next analysis point waits
     (``background_waits`` in the history). ``on_train_end`` finishes the pending work. When ``fit`` raises
     (Ctrl-C too) Keras tells no callback: the running analysis completes on its daemon thread, writes the history
-    file, and the thread exits. Same numbers as ``background=False``.
+    file, and the thread exits. Same numbers as ``background=False``. With ``restore_best_weights`` the weights
+    of each pending analysis are kept (``model.get_weights()``, on the host) until its result says whether they
+    are the best.
 
     Distribution: under ``tf.distribute.MirroredStrategy`` Keras calls callbacks once per epoch, so the
-    analysis runs once, on the mirrored values.
+    analysis runs once, on the mirrored values (``shard_layers`` has no effect here).
+
+    Where things go: Keras has no log directory, so there is no default history file (``history_path=None``
+    or False: none; a path: that file; True raises). W&B gets the active ``wandb.run``; the summary keys reach
+    it through ``logs`` (add ``WandbMetricsLogger`` after this callback; the W&B step is the epoch, or the
+    batch on step schedules), unless the callback started the run itself (``wandb_init_kwargs``).
 
     Args:
-        every_n_epochs: analyze every n-th epoch (epochs ``n-1, 2n-1, ...``), and the first epoch of ``fit``;
-            None: every epoch unless ``every_n_batches`` is given (setting both raises ``ValueError``).
-        metrics: summary metrics to write (weightwatcher column names, `ww_callbacks.SUMMARY_METRICS`);
-            default alpha, alpha_weighted, log_spectral_norm, rand_distance and num_nonfinite_layers (how many
-            layers' weights hold NaN/Inf).
-        per_layer: also write each layer's metrics as ``{prefix}{layer path}/{metric}``.
-        prefix: prefix of the keys.
-        early_stopping: a `ww_callbacks.stopping.StoppingRule` (``AlphaBelow``, ``Plateau``, ``AnyOf`` ...).
         every_n_batches: analyze after every n-th batch instead of at epoch ends.
         restore_best_weights: restore the weights of the best analyzed epoch at the end of training (needs a
             rule that monitors a metric).
-        layers: only these layers (names, globs, kinds like ``"dense"``, ids; ``"-name"`` excludes).
-        randomize, mp_fit, n_random: `ww_callbacks.analyze` options (``rand_distance`` needs randomize).
-        seed: seed of the randomized ESDs (epoch ``e`` uses ``numpy.random.default_rng([seed, e])``, batch
-            schedules ``[seed, step]``); None draws
-            one from OS entropy.
-        history_path: write every report to this JSON-lines file (`ww_callbacks.load_history` reads it). None
-            (default) or False: no file (Keras has no log directory to put a default file in); a path: that
-            file. Anything else (``True`` included) raises here.
-        log_wandb: send each report (per-layer scalars, table, ESD histograms and plots) to the active
-            ``wandb.run`` if wandb is already imported; wandb is never imported for this otherwise. The summary
-            keys reach W&B through ``logs`` (add ``WandbMetricsLogger`` after this callback); the W&B step is the
-            epoch.
-        wandb_init_kwargs: start a W&B run with these ``wandb.init`` arguments when there is none (finished at the
-            end of ``fit``; summaries are then logged by the callback itself).
-        media_every_n_epochs: spacing of the ESD images sent to W&B (None: the sink's default; 0: none).
-        analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...).
-        verbose: log (INFO) each analysis' summary, not only the stop and the restore.
-        shard_layers: a shared option for distributed Lightning runs; no effect here (each Keras worker
-            analyzes its own replica of the weights).
-        background: analyze in a worker thread (see above; not with ``restore_best_weights``).
-        max_pending: analyses pending at most before an analysis point waits (default 1).
+"""
+
+
+class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
+    __doc__ = (
+        _DOC
+        + shared_options_doc()
+        + """
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
@@ -195,52 +118,35 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
         >>> h = model.fit(x, y, epochs=2, verbose=0, callbacks=[ww])
         >>> len(h.history["ww/alpha"]), len(ww.history)
         (2, 2)
-    """
+"""
+    )
 
+    @watch_signature
     def __init__(
         self,
-        every_n_epochs: int | None = None,
-        metrics: Sequence[str] | None = None,
-        per_layer: bool = False,
-        prefix: str = "ww/",
-        early_stopping: StoppingRule | None = None,
-        *,
+        *args: Any,
         every_n_batches: int | None = None,
         restore_best_weights: bool = False,
-        layers: Any = None,
-        randomize: bool = True,
-        mp_fit: bool = False,
-        n_random: int = 1,
-        seed: int | None = None,
-        history_path: HistoryPath = None,
-        log_wandb: bool = True,
-        wandb_init_kwargs: Mapping[str, Any] | None = None,
-        media_every_n_epochs: int | None = None,
-        analyze_kwargs: Mapping[str, Any] | None = None,
-        verbose: bool = False,
-        shard_layers: bool = True,
-        background: bool = False,
-        max_pending: int = 1,
+        **options: Unpack[WatchKwargs],
     ) -> None:
         super().__init__()
-        if history_path is True:
+        watch = watch_options(self, args, options)
+        if watch.history_path is True:
             raise ValueError(
                 "history_path=True asks for the default history file, but Keras has no log directory: "
                 "pass a file path (or None/False for no file)"
             )
-        schedule = make_schedule(every_n_epochs, every_n_batches, steps_name="every_n_batches")
-        self.engine = SpectralMonitor(WatchOptions.pick(locals()), schedule=schedule)
-        if restore_best_weights and (early_stopping is None or early_stopping.monitor is None):
+        rule = watch.early_stopping
+        if restore_best_weights and (rule is None or rule.monitor is None):
             raise ValueError(
                 "restore_best_weights=True needs an early_stopping rule that monitors a metric "
                 "(AlphaBelow, Plateau, or AnyOf/AllOf of them)"
             )
-        if restore_best_weights and background:
-            raise ValueError(
-                "restore_best_weights=True needs the weights of each analysis: use background=False"
-            )
+        schedule = make_schedule(watch.every_n_epochs, every_n_batches, steps_name="every_n_batches")
+        self.engine = SpectralMonitor(watch, schedule=schedule)
+        self.results = ResultPath(self.engine)
         self.restore_best_weights = bool(restore_best_weights)
-        self.verbose = bool(verbose)
+        self.verbose = watch.verbose
         self.best_epoch: int | None = None
         self.best_weights: list[Any] | None = None
         self._best_value: float | None = None
@@ -248,13 +154,17 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
         self._resumed = False
         self._first_epoch_pending = True
         self._on_steps = isinstance(schedule, StepSchedule)
-        if self._on_steps:
+        if self._on_steps:  # a batch hook turns off Keras' asynchronous steps: only on step schedules
             self.on_train_batch_end = self._step_batch_end  # type: ignore[method-assign]
         self.batches_seen = (
             0  # batches of all fits since the start (or the resumed state), for every_n_batches
         )
         self._epoch = 0
-        self._latest: dict[str, float] = {}  # values for the next epoch-end logs (step schedule, background)
+        self._latest: dict[str, float] = {}  # values for the next epoch-end logs
+        self._batch_logs: dict[str, Any] | None = (
+            None  # the logs of the batch being analyzed (step schedules)
+        )
+        self._pending_weights: dict[tuple[int, int], list[Any]] = {}  # background + restore_best_weights
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -290,30 +200,30 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.engine.background is not None:  # a previous fit that raised may have left one running
-            self.engine.background.finish()
-            self.engine.background.collect()
+        self.results.end()  # a previous fit that raised never reached on_train_end: finish it first
         if not self._resumed:
             # Like Keras' EarlyStopping: an instance reused for another fit starts afresh.
             self.engine.reset()
             self.best_epoch, self._best_value = None, None
             self.batches_seen = 0
         self._resumed = False
-        self._latest = {}
+        self._latest, self._pending_weights = {}, {}
         self.best_weights = None
-        self._keys = _fixed_keys(self.engine, self.model)
+        self._keys = self.engine.logged_keys(self.model)
         self._first_epoch_pending = True
-        self._open_sinks()
+        self.results.begin(KerasHost(self))
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = int(epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         epoch = int(epoch)
-        values: dict[str, float] = {}
         # The first epoch of fit too: Keras' monitoring callbacks would otherwise start from a NaN "best".
         if not self._on_steps and (self.engine.should_run(epoch) or self._first_epoch_pending):
-            values = self._analyze(epoch, wait=self._first_epoch_pending)
+            self._analyze(epoch, epoch, wait=self._first_epoch_pending)
         self._first_epoch_pending = False
-        self._drain()  # after a submit that waited for the worker: its result too
-        values, self._latest = {**self._latest, **values}, {}
+        self.results.drain()  # after a submit that waited for the worker: its result too
+        values, self._latest = self._latest, {}
         if logs is None:
             return
         for key in self._keys:
@@ -321,83 +231,95 @@ class WeightWatcherCallback(_StepsAndBackground, keras.callbacks.Callback, Engin
         for key, value in values.items():  # layers that appeared after train begin
             logs.setdefault(key, value)
 
+    def _step_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """``on_train_batch_end`` on step schedules only."""
+        self.batches_seen += 1
+        if self.engine.should_run(self.batches_seen):
+            self._batch_logs = (
+                logs  # at the batch analyzed: TensorBoard(update_freq=n) and batch loggers see it
+            )
+            try:
+                self._analyze(self._epoch, self.batches_seen)
+            finally:
+                self._batch_logs = None
+        self.results.drain()
+
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        try:
-            if self.engine.background is not None:
-                self.engine.background.finish()
-                self._drain()
-            if self.restore_best_weights and self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
-                log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
-            elif self.restore_best_weights and self.engine.history:
-                self.engine.warn(
-                    f"restore_best_weights: no analyzed epoch qualified as best for {self.early_stopping!r}; "
-                    "the weights of the last epoch are kept"
-                )
-        finally:
-            self.engine.close_sinks()
+        self.results.end()
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+            log.info("WeightWatcherCallback: restored the weights of epoch %s", self.best_epoch)
+        elif self.restore_best_weights and self.engine.history:
+            self.engine.warn(
+                f"restore_best_weights: no analyzed epoch qualified as best for {self.early_stopping!r}; "
+                "the weights of the last epoch are kept"
+            )
 
     # ------------------------------------------------------------------ the work
-    def _analyze(self, epoch: int, *, step: int | None = None, wait: bool = False) -> dict[str, float]:
-        """Analyze now (or submit to the worker: then the values come later, through `_drain`)."""
+    def _analyze(self, epoch: int, step: int, *, wait: bool = False) -> None:
+        """Analyze now, or hand a copy to the worker (its values then come through `ResultPath.drain`)."""
         # Keras has no global step in its callbacks: on epoch schedules the epoch is the step (W&B's x-axis).
-        step = epoch if step is None else step
-        is_last = self._is_last(epoch, step)
         background = self.engine.background
-        if background is not None:
-            background.submit(self.model, epoch=epoch, step=step, is_last=is_last)
-            if wait:  # the first analysis of a fit: Keras' monitoring callbacks must not start from NaN
-                background.finish()
-                self._drain()
-            return {}
-        report = self.engine.analyze(self.model, epoch=epoch, step=step)  # None (warned) if it failed
-        return self._use(self.engine.process(report, epoch=epoch, step=step, is_last=is_last))
+        weights = self._weights() if background is not None and self.restore_best_weights else None
+        if weights is not None:  # the worker's result says later whether these were the best
+            self._pending_weights[(epoch, step)] = weights
+        self.results.analyze(self.model, epoch=epoch, step=step, is_last=self._is_last(epoch, step))
+        if background is not None and wait:  # the first analysis of a fit: no NaN "best" for Keras' callbacks
+            background.finish()
 
-    def _track_best(self, report: SpectralReport, epoch: int) -> None:
-        rule = self.engine.early_stopping
-        if rule is None or rule.monitor is None:
-            return
-        if any(layer.status == STATUS_NON_FINITE for layer in report.layers):
+    def _is_last(self, epoch: int, step: int) -> bool:
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if self._on_steps:
+            return epochs is not None and steps is not None and step >= int(epochs) * int(steps)
+        return epochs is not None and epoch + 1 >= int(epochs)
+
+    def _weights(self) -> list[Any] | None:
+        try:
+            return list(self.model.get_weights())
+        except Exception as exc:  # never stop training for the restore feature
+            self.engine.warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
+            return None
+
+    def _track_best(self, result: MonitorResult) -> None:
+        """Keep the weights of ``result``'s analysis when its value of the rule's metric is the best so far."""
+        weights = self._pending_weights.pop((int(result.epoch or 0), int(result.step or 0)), None)
+        report, rule = result.report, self.engine.early_stopping
+        if report is None or rule is None or rule.monitor is None or report.nonfinite_layers:
             return  # NaN/Inf weights are never worth restoring, whatever the other layers' summary says
         current = float(report.summary.get(rule.monitor, _NAN))
         if not rule.is_better(current, self._best_value):
             return
-        try:
-            weights = self.model.get_weights()
-        except Exception as exc:  # never stop training for the restore feature
-            self.engine.warn(f"restore_best_weights: cannot copy the weights ({type(exc).__name__}: {exc})")
-            return
-        self._best_value, self.best_epoch, self.best_weights = current, epoch, weights
-
-    def _open_sinks(self) -> None:
-        self.engine.close_sinks()  # a previous fit that raised never reached on_train_end
-        run = None
-        try:
-            run = self.engine.resolve_wandb_run()
-        except Exception as exc:
-            self.engine.warn(f"cannot start a W&B run ({type(exc).__name__}: {exc})")
-        # Our own run: nobody else logs the summaries to it. The user's run: ``logs`` reach it through
-        # WandbMetricsLogger (per-layer keys too with per_layer).
-        options = wandb_options(
-            per_layer=self.engine.per_layer, summaries_elsewhere=not self.engine.owns_wandb_run(run)
-        )
-        self.engine.open_sinks(
-            history_path=self.engine.options.history_file(None),
-            wandb_run=run,
-            step_metric="batch" if self._on_steps else "epoch",
-            **options,
-        )
+        if self.engine.background is None:  # synchronous: the weights are those of this analysis now
+            weights = self._weights()
+        if weights is not None:
+            self._best_value, self.best_epoch, self.best_weights = current, int(result.epoch or 0), weights
 
     def __repr__(self) -> str:
         return f"WeightWatcherCallback({self.engine!r}, restore_best_weights={self.restore_best_weights})"
 
 
-def _fixed_keys(engine: SpectralMonitor, model: Any) -> list[str]:
-    """Keys written every epoch: the summary metrics, and each layer's when ``per_layer``."""
-    prefix, metrics = engine.prefix, engine.metrics
-    keys = [f"{prefix}{metric}" for metric in metrics]
-    if engine.per_layer and model is not None:
-        layers = engine.snapshot(model) or []
-        per_layer = [m for m in metrics if m not in SUMMARY_COUNTS]  # counts have no per-layer value
-        keys += [f"{prefix}{lw.longname}/{metric}" for lw in layers for metric in per_layer]
-    return keys
+class KerasHost(Host):
+    """The engine's questions answered by a Keras callback: values go into ``logs`` (the next epoch end's, and
+    the analyzed batch's on step schedules), a stop is ``model.stop_training``."""
+
+    def __init__(self, callback: WeightWatcherCallback) -> None:
+        self._callback = callback
+        self.wandb_step_metric = "batch" if callback._on_steps else "epoch"
+
+    def log(self, values: Mapping[str, float], *, epoch: int, step: int) -> None:
+        callback = self._callback
+        callback._latest.update(values)
+        if callback._batch_logs is not None:
+            callback._batch_logs.update(values)
+
+    def observe(self, result: MonitorResult) -> None:
+        if self._callback.restore_best_weights:
+            self._callback._track_best(result)
+
+    def stop(self, *, epoch: int, step: int, reason: str) -> bool:
+        self._callback.model.stop_training = True
+        return True
+
+    def stopping(self) -> bool:
+        return bool(getattr(self._callback.model, "stop_training", False))

@@ -4,10 +4,13 @@
 - `EpochSchedule`, `StepSchedule` and the per-analysis RNG (``schedule.py``): when to analyze and with which shuffles.
 - `SpectralMonitor` (``monitor.py``): snapshot -> `ww_callbacks.analyze` -> scalars, history, rule decision,
   sinks (`ww_callbacks.sinks.lifecycle`), checkpoint state.
+- `ResultPath` (``results.py``): what follows an analysis, for every framework (log, decide, stop, sinks,
+  background results), asking the framework's `Host` (``host.py``) for its primitives.
 - `EngineViews` (``views.py``): the read-only attributes every callback exposes.
+- ``signature.py``: the callbacks' one signature (`WatchKwargs`).
 
-A callback builds one `SpectralMonitor` from its options and adds only framework plumbing (hooks, ranks,
-logging, stopping). Use it directly to watch a hand-written training loop.
+A callback builds one `SpectralMonitor` from its options, a `ResultPath` over it, and a `Host` that answers in its
+framework's terms. Use `SpectralMonitor` directly to watch a hand-written training loop.
 
 Example:
     >>> import numpy as np
@@ -19,8 +22,10 @@ Example:
     [0, 1]
 """
 
+from .host import Host
 from .monitor import MonitorResult, SpectralMonitor
 from .options import DEFAULT_METRICS, HISTORY_FILENAME, WatchOptions
+from .results import ResultPath
 from .schedule import EpochSchedule, StepSchedule
 from .views import EngineViews
 
@@ -29,6 +34,8 @@ __all__ = [
     "HISTORY_FILENAME",
     "EngineViews",
     "EpochSchedule",
+    "Host",
+    "ResultPath",
     "StepSchedule",
     "MonitorResult",
     "SpectralMonitor",

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import warnings
@@ -78,6 +79,18 @@ class Analyzer:
         finally:
             self.analysis_time += time.perf_counter() - start
 
+    def analysis_options(self) -> AnalysisOptions:
+        """The options of `ww_callbacks.analyze` this engine analyzes with (``n_jobs`` aside).
+
+        Example:
+            >>> Analyzer(WatchOptions(randomize=False), warn=print).analysis_options().randomize
+            False
+        """
+        opts = self.options
+        fields = {f.name for f in dataclasses.fields(AnalysisOptions)}
+        extra = {k: v for k, v in (opts.analyze_kwargs or {}).items() if k in fields}
+        return AnalysisOptions(randomize=opts.randomize, mp_fit=opts.mp_fit, n_random=opts.n_random, **extra)
+
     def analyze(
         self, model: Any, *, rng: np.random.Generator, epoch: int, collective: Collective | None = None
     ) -> SpectralReport | None:
@@ -116,12 +129,13 @@ class Analyzer:
             return None
         finally:
             self.analysis_time += time.perf_counter() - start
-        if not report.layers:
-            self.warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
-        self._warn_nonfinite(report, epoch)
+        self.review(report, epoch)
         return report
 
-    def _warn_nonfinite(self, report: SpectralReport, epoch: int) -> None:
+    def review(self, report: SpectralReport, epoch: int) -> None:
+        """Say once what needs saying about a finished report: no layers found, diverged layers."""
+        if not report.layers:
+            self.warn_once("no-layers", "no analyzable layer (dense, conv1d, conv2d, embedding) was found")
         bad = [lr.longname for lr in report.nonfinite_layers]
         if bad:  # diverged weights: say which layers, once per set of layers
             self.warn_once(

@@ -29,21 +29,15 @@ Example:
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from ..layers import LayerWeights
-
-if TYPE_CHECKING:
-    from .monitor import MonitorResult, SpectralMonitor
 
 __all__ = ["BackgroundAnalysis", "BackgroundWorker", "host_copies"]
 
@@ -95,10 +89,11 @@ class BackgroundWorker:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def submit(self, job: Callable[[], Any]) -> None:
-        """Queue ``job``; waits first (in short slices) while ``max_pending`` jobs are pending."""
+    def submit(self, job: Callable[[], Any], *, wait: bool = True) -> None:
+        """Queue ``job``; waits first (in short slices) while ``max_pending`` jobs are pending (``wait=False``:
+        queue it at once, for short follow-up work)."""
         with self._cond:
-            if len(self._queue) + self._running >= self.max_pending:
+            if wait and len(self._queue) + self._running >= self.max_pending:
                 self.waits += 1
                 start = time.perf_counter()
                 try:
@@ -204,15 +199,14 @@ def _nothing() -> None:
 
 
 class BackgroundAnalysis:
-    """A `SpectralMonitor`'s background part: copy now; analyze, record and emit in the worker; hand back.
+    """The engine's background part: copy now, analyze later on the worker, hand the results back.
 
-    `submit` is all the training loop waits for: the copy of the analyzed matrices (and, with ``max_pending``
-    analyses still pending, the oldest of them). The worker then analyzes the copy with the generator of that
-    analysis (the same as a synchronous run's: same numbers), records it (history, ``last_report``, the rule's
-    decision) and sends it to the sinks at its own epoch and step, so a finished analysis reaches the history
-    file even if training dies before the callback hears of it. The callback logs `collect`'s results to its
-    framework and acts on their decisions at its next hook, and calls `finish` (then `collect`) before the sinks
-    close at the end of training.
+    `submit` is all the training loop waits for: ``prepare(model, epoch=, step=, is_last=)`` (given by the
+    engine) copies the analyzed matrices and returns the job to run on the worker, or None when the copy failed;
+    with ``max_pending`` jobs still pending, `submit` first waits for the oldest. Whatever a job returns is
+    kept, in order, for `collect` (the engine's jobs record and emit their result on the worker, so a finished
+    analysis reaches the history file even if training dies before the callback hears of it). The callback
+    acts on `collect`'s results at its next hook and calls `finish` (then `collect`) at the end of training.
 
     Attributes:
         worker: the `BackgroundWorker`.
@@ -222,6 +216,7 @@ class BackgroundAnalysis:
         interrupt_timeout: how long `finish(interrupted=True)` waits for the running analysis.
 
     Example:
+        >>> import numpy as np
         >>> from ww_callbacks.engine import SpectralMonitor
         >>> monitor = SpectralMonitor(seed=0, background=True, metrics=("alpha",))
         >>> monitor.background.submit({"fc.weight": np.random.default_rng(0).normal(size=(80, 40))}, epoch=0)
@@ -235,33 +230,49 @@ class BackgroundAnalysis:
     finish_timeout = 600.0
     interrupt_timeout = 30.0
 
-    def __init__(self, monitor: SpectralMonitor) -> None:
-        self.monitor = monitor
-        self.worker = BackgroundWorker(max_pending=monitor.options.max_pending)
+    def __init__(
+        self,
+        prepare: Callable[..., Callable[[], Any] | None],
+        *,
+        max_pending: int = 1,
+        warn: Callable[[str], None],
+    ) -> None:
+        self._prepare = prepare
+        self._warn = warn
+        self.worker = BackgroundWorker(max_pending=max_pending)
         self.submitted = 0
         self.copy_time = 0.0
         self.blocked_time = 0.0
-        self._finished: collections.deque[MonitorResult] = collections.deque()
+        self._finished: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
 
-    def submit(self, model: Any, *, epoch: int, step: int = 0, is_last: bool = False) -> bool:
-        """Copy ``model``'s analyzed matrices and queue their analysis; False (warned) if the copy failed."""
+    def submit(self, model: Any, *, epoch: int, step: int = 0, is_last: bool = False, **context: Any) -> bool:
+        """Copy ``model``'s analyzed matrices and queue their analysis; False (warned) if the copy failed.
+        ``context`` goes to the engine's ``prepare`` (``collective``: the ranks to share the layers with)."""
         start = time.perf_counter()
         try:
-            layers = self.monitor.snapshot(model, copy=True)
-            if layers is None:
+            job = self._prepare(model, epoch=epoch, step=step, is_last=is_last, **context)
+            if job is None:
                 return False
-            layers, ready = host_copies(layers)
             self.copy_time += time.perf_counter() - start
-            rng = self.monitor.rng_for(epoch, step)
-            self.worker.submit(functools.partial(self._job, layers, ready, rng, epoch, step, is_last))
+            self.worker.submit(lambda: self._keep(job()))
             self.submitted += 1
             return True
         finally:
             self.blocked_time += time.perf_counter() - start
 
-    def collect(self) -> list[MonitorResult]:
-        """The results finished since the last call, oldest first (failed analyses have ``report=None``)."""
-        with self.monitor.state.lock:
+    def run_later(self, job: Callable[[], Any]) -> None:
+        """Run ``job`` on the worker after what is queued, without waiting for a free place (its result is not
+        kept): work that follows an analysis, such as writing the sinks."""
+        self.worker.submit(job, wait=False)
+
+    def _keep(self, result: Any) -> None:
+        with self._lock:
+            self._finished.append(result)
+
+    def collect(self) -> list[Any]:
+        """What the jobs finished since the last call returned, oldest first."""
+        with self._lock:
             out = list(self._finished)
             self._finished.clear()
         return out
@@ -274,31 +285,12 @@ class BackgroundAnalysis:
     def finish(self, timeout: float | None = None, *, interrupted: bool = False) -> bool:
         """Wait for the pending analyses (``interrupted``: drop the queued ones, wait only for the running one,
         at most `interrupt_timeout`); True when none is left. One left running is abandoned with a warning (its
-        daemon thread never keeps the process alive); the finished ones are all recorded already."""
+        daemon thread never keeps the process alive); the finished ones are all kept already."""
         dropped = self.worker.drop_queued() if interrupted else 0
         if timeout is None:
             timeout = self.interrupt_timeout if interrupted else self.finish_timeout
         idle = self.worker.wait_idle(timeout)
         if dropped or not idle:
             running = "" if idle else f"; the running one was abandoned after {timeout:g} s"
-            self.monitor.warn(f"background analysis: {dropped} queued analyses dropped{running}")
+            self._warn(f"background analysis: {dropped} queued analyses dropped{running}")
         return idle
-
-    def _job(
-        self,
-        layers: list[LayerWeights],
-        ready: Callable[[], None],
-        rng: np.random.Generator,
-        epoch: int,
-        step: int,
-        is_last: bool,
-    ) -> None:
-        monitor = self.monitor
-        ready()
-        report = monitor.analyzer.analyze(layers, rng=rng, epoch=epoch)
-        with monitor.state.lock:  # history, rule and sinks, against state_dict() in the training thread
-            result = monitor.record(report, epoch=epoch, step=step)
-            if result.report is not None:
-                monitor.history[-1]["background_waits"] = self.worker.waits
-            monitor.emit(result, epoch=epoch, step=step, is_last=is_last or result.stop)
-            self._finished.append(result)

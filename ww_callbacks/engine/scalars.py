@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ..spectral.catalog import SUMMARY_COUNTS
 from ..spectral.report import SpectralReport
+from ..spectral.weights import LayerWeights
 
-__all__ = ["report_scalars"]
+__all__ = ["report_scalars", "scalar_keys"]
 
 
 def report_scalars(
@@ -38,3 +40,20 @@ def report_scalars(
                 if math.isfinite(value):
                     out[f"{prefix}{layer.longname}/{metric}"] = value
     return out, missing
+
+
+def scalar_keys(
+    layers: Sequence[LayerWeights], *, metrics: Sequence[str], prefix: str, per_layer: bool
+) -> list[str]:
+    """The keys `report_scalars` gives when every value is finite: the summary metrics, and each layer's with
+    ``per_layer`` (counts such as ``num_nonfinite_layers`` have no per-layer value).
+
+    Example:
+        >>> scalar_keys([], metrics=("alpha", "num_nonfinite_layers"), prefix="ww/", per_layer=True)
+        ['ww/alpha', 'ww/num_nonfinite_layers']
+    """
+    keys = [f"{prefix}{metric}" for metric in metrics]
+    if per_layer:
+        layer_metrics = [m for m in metrics if m not in SUMMARY_COUNTS]
+        keys += [f"{prefix}{lw.longname}/{m}" for lw in layers for m in layer_metrics]
+    return keys

@@ -92,24 +92,11 @@ def conv2d_layer(
         >>> lw.matrices.shape, lw.rf, (lw.N, lw.M)
         ((4, 16, 8), 4, (8, 16))
     """
-    source = weight
-    weight = as_float(weight)
     out, inp, kh, kw = (int(d) for d in weight.shape)
+    stack = owned(conv_slices(as_float(weight)), weight, copy)
     n, m = conv2d_labels(out, inp, kh, kw)
-    return LayerWeights(
-        name=name,
-        longname=longname,
-        kind="conv2d",
-        layer_id=layer_id,
-        matrices=owned(conv_slices(weight), source, copy),
-        N=n,
-        M=m,
-        rf=kh * kw,
-        scale=CONV_SCALE,
-        ww_parity=ww_parity,
-        module_type=module_type,
-        extra=dict(extra or {}),
-    )
+    labels = {"name": name, "longname": longname, "layer_id": layer_id, "module_type": module_type}
+    return _conv_layer(stack, "conv2d", (n, m, kh * kw), labels, ww_parity=ww_parity, extra=extra)
 
 
 def conv1d_layer(
@@ -133,22 +120,35 @@ def conv1d_layer(
         >>> lw.matrices.shape, lw.rf, (lw.N, lw.M), lw.ww_parity
         ((3, 16, 8), 3, (16, 8), False)
     """
-    source = weight
-    weight = as_float(weight)
     out, inp, k = (int(d) for d in weight.shape)
+    stack = owned(conv_slices(as_float(weight)[..., None]), weight, copy)
+    labels = {"name": name, "longname": longname, "layer_id": layer_id, "module_type": module_type}
+    return _conv_layer(
+        stack, "conv1d", (max(out, inp), min(out, inp), k), labels, ww_parity=False, extra=extra
+    )
+
+
+def _conv_layer(
+    stack: Any,
+    kind: str,
+    shape: tuple[int, int, int],
+    labels: dict[str, Any],
+    *,
+    ww_parity: bool,
+    extra: dict[str, Any] | None,
+) -> LayerWeights:
+    """A convolution's slices as a layer: weightwatcher's (N, M, rf) ``shape``, the conv scale sqrt(1/2)."""
+    n, m, rf = shape
     return LayerWeights(
-        name=name,
-        longname=longname,
-        kind="conv1d",
-        layer_id=layer_id,
-        matrices=owned(conv_slices(weight[..., None]), source, copy),
-        N=max(out, inp),
-        M=min(out, inp),
-        rf=k,
+        kind=kind,
+        matrices=stack,
+        N=n,
+        M=m,
+        rf=rf,
         scale=CONV_SCALE,
-        ww_parity=False,
-        module_type=module_type,
+        ww_parity=ww_parity,
         extra=dict(extra or {}),
+        **labels,
     )
 
 

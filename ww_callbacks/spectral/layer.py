@@ -90,16 +90,15 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
     return (None if rep is None else np.sort(rep.ravel())), dist
 
 
-def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> LayerResult:
-    """Analyze one layer. Never raises: problems end up in ``status`` and ``reason``.
+def layer_result(lw: LayerWeights) -> LayerResult:
+    """The result of ``lw`` before any analysis: its labels, every metric NaN.
 
     Example:
-        >>> w = np.random.default_rng(0).standard_normal((1, 50, 20))
-        >>> lw = LayerWeights(name="fc", longname="fc", kind="dense", layer_id=1, matrices=w, N=50, M=20)
-        >>> analyze_layer(lw, rng=np.random.default_rng(0), opts=AnalysisOptions()).status
-        'success'
+        >>> w = np.ones((1, 50, 20))
+        >>> layer_result(LayerWeights(name="fc", longname="fc", kind="dense", layer_id=1, matrices=w, N=50, M=20)).Q
+        2.5
     """
-    res = LayerResult(
+    return LayerResult(
         layer_id=lw.layer_id,
         name=lw.name,
         longname=lw.longname,
@@ -111,6 +110,18 @@ def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> Layer
         num_evals=lw.num_evals,
         ww_parity=lw.ww_parity,
     )
+
+
+def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> LayerResult:
+    """Analyze one layer. Never raises: problems end up in ``status`` and ``reason``.
+
+    Example:
+        >>> w = np.random.default_rng(0).standard_normal((1, 50, 20))
+        >>> lw = LayerWeights(name="fc", longname="fc", kind="dense", layer_id=1, matrices=w, N=50, M=20)
+        >>> analyze_layer(lw, rng=np.random.default_rng(0), opts=AnalysisOptions()).status
+        'success'
+    """
+    res = layer_result(lw)
     size = _size_status(lw, opts)
     if size is not None:
         res.status, res.reason = size

@@ -1,0 +1,125 @@
+"""One signature for every callback: the shared options are declared once, in `WatchOptions`.
+
+A callback writes only its own options::
+
+    class WeightWatcherCallback(...):
+        @watch_signature
+        def __init__(self, *args: Any, run_on: str = "train_epoch_end", **options: Unpack[WatchKwargs]) -> None:
+            watch = watch_options(self, args, options)
+
+`watch_signature` gives that ``__init__`` the full signature built from the `WatchOptions` fields (the first
+`POSITIONAL_OPTIONS` positional, the callback's own options next, the rest keyword-only), so ``help()``,
+``inspect.signature``, IPython and Jupyter show every option with its default; `WatchKwargs` types
+``**options`` for static checkers and IDEs; `watch_options` binds the call. `shared_options_doc` is the Args text
+every callback docstring appends. A new shared option is a field of `WatchOptions` (with its line in the Args
+section there) and a key of `WatchKwargs`: no callback changes.
+
+Example:
+    >>> import inspect
+    >>> class Demo:
+    ...     @watch_signature
+    ...     def __init__(self, *args, mode: str = "x", **options):
+    ...         self.watch = watch_options(self, args, options)
+    >>> list(inspect.signature(Demo).parameters)[:7]
+    ['every_n_epochs', 'metrics', 'per_layer', 'prefix', 'early_stopping', 'mode', 'layers']
+    >>> Demo(2, prefix="spec/").watch.every_n_epochs, Demo(seed=1).watch.seed
+    (2, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict, TypeVar
+
+from ..stopping import StoppingRule
+
+try:
+    from typing import Unpack  # type: ignore[attr-defined]  # Python 3.11+
+except ImportError:  # pragma: no cover - depends on the Python version
+    from typing_extensions import Unpack
+from .options import POSITIONAL_OPTIONS, HistoryPath, WatchOptions
+
+__all__ = ["Unpack", "WatchKwargs", "shared_options_doc", "watch_options", "watch_signature"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class WatchKwargs(TypedDict, total=False):
+    """`WatchOptions` as keyword arguments (``**options: Unpack[WatchKwargs]``), for type checkers and IDEs;
+    a test keeps its keys and types equal to the fields'."""
+
+    every_n_epochs: int | None
+    metrics: Sequence[str] | None
+    per_layer: bool
+    prefix: str
+    early_stopping: StoppingRule | None
+    layers: Any
+    randomize: bool
+    mp_fit: bool
+    n_random: int
+    seed: int | None
+    history_path: HistoryPath
+    log_wandb: bool
+    wandb_init_kwargs: Mapping[str, Any] | None
+    media_every_n_epochs: int | None
+    analyze_kwargs: Mapping[str, Any] | None
+    verbose: bool
+    shard_layers: bool
+    background: bool
+    max_pending: int
+
+
+def _field_parameter(f: dataclasses.Field[Any], kind: Any) -> inspect.Parameter:
+    return inspect.Parameter(f.name, kind, default=f.default, annotation=f.type)
+
+
+def watch_signature(init: F) -> F:
+    """Give ``init`` (``__init__(self, *args, <own keyword-only options>, **options)``) the full signature:
+    ``self``, the `POSITIONAL_OPTIONS`, the callback's own options, then the other shared options."""
+    own = [p for p in inspect.signature(init).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    fields = dataclasses.fields(WatchOptions)
+    positional = [f for f in fields if f.name in POSITIONAL_OPTIONS]
+    keyword = [f for f in fields if f.name not in POSITIONAL_OPTIONS]
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [_field_parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD) for f in positional]
+    params += own
+    params += [_field_parameter(f, inspect.Parameter.KEYWORD_ONLY) for f in keyword]
+    init.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    return init
+
+
+def watch_options(owner: Any, args: Sequence[Any], options: Mapping[str, Any]) -> WatchOptions:
+    """Bind a callback's call (positional ``args`` and keyword ``options``) to a checked `WatchOptions`;
+    ``TypeError`` for too many positional arguments, a repeated or an unknown option, as Python would say."""
+    name = type(owner).__name__
+    if len(args) > len(POSITIONAL_OPTIONS):
+        raise TypeError(
+            f"{name}() takes at most {len(POSITIONAL_OPTIONS)} positional arguments "
+            f"({', '.join(POSITIONAL_OPTIONS)}), {len(args)} were given"
+        )
+    values = dict(zip(POSITIONAL_OPTIONS, args, strict=False))
+    known = {f.name for f in dataclasses.fields(WatchOptions)}
+    for key, value in options.items():
+        if key in values:
+            raise TypeError(f"{name}() got multiple values for argument {key!r}")
+        if key not in known:
+            raise TypeError(f"{name}() got an unexpected keyword argument {key!r}")
+        values[key] = value
+    return WatchOptions(**values)
+
+
+def shared_options_doc(indent: int = 4) -> str:
+    """The ``Args`` entries of `WatchOptions`' docstring, for callback docstrings (one source for the text).
+
+    Example:
+        >>> "history_path:" in shared_options_doc()
+        True
+    """
+    doc = inspect.cleandoc(WatchOptions.__doc__ or "")
+    section = doc.split("Args:\n", 1)[1].split("\n\n", 1)[0]
+    heading = "Shared options (`ww_callbacks.engine.WatchOptions`; the first five also by position):"
+    entries = textwrap.indent(textwrap.dedent(section), "    ")
+    return textwrap.indent(f"{heading}\n{entries}", " " * indent)
