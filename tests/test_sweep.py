@@ -183,6 +183,30 @@ def test_unreadable_checkpoints_are_reported_and_skipped(
     }
 
 
+def test_an_unreadable_checkpoint_leaves_the_others_at_their_epochs(
+    lightning_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # broken.ckpt sorts first and says no epoch: it must not push the good checkpoints to other epochs
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    files = sorted(lightning_run["ckpts"].glob("epoch=*.ckpt"))[:2]
+    for f in files:
+        (ckpts / f.name).write_bytes(f.read_bytes())
+    (ckpts / "broken.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    history = tmp_path / "h.jsonl"
+    assert main(["sweep", str(ckpts), "-o", str(history), "--jobs", "1"]) == 1
+    assert "broken.ckpt" in capsys.readouterr().err
+    epochs = {Path(r["checkpoint"]).name: r["epoch"] for r in read_history_rows(history)}
+    assert (
+        epochs
+        == {f.name: int(f.name.split("-")[0].removeprefix("epoch=")) for f in files}
+        == {
+            files[0].name: 0,
+            files[1].name: 1,
+        }
+    )
+
+
 def test_processes_and_dask_write_the_same_history(lightning_run: dict[str, Any], tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     paths = [lightning_run["ckpts"]]
@@ -265,6 +289,35 @@ def test_hf_checkpoint_directories(tmp_path: Path) -> None:
     assert not (runs / "PWNED").exists()  # training_args.bin, optimizer.pt ... were never opened
     fc = [r["lambda_max"] for r in read_history_rows(history) if r["layer"] == "transformer.h.0.mlp.c_fc"]
     assert len(fc) == 3 and fc[0] < fc[1] < fc[2]
+
+
+def test_hf_checkpoints_of_a_renamed_model_line_up_with_the_callback(tmp_path: Path) -> None:
+    """transformers 5 saves a ViT under older module names: the sweep's history must name and order its layers
+    as the Trainer callback's history does (the model in memory), or the two do not line up."""
+    from test_io_directory import tiny_vit
+
+    from ww_callbacks.engine import SpectralMonitor
+
+    model = tiny_vit()
+    runs = tmp_path / "out"
+    runs.mkdir()
+    for step, epoch in ((10, 1.0), (20, 2.0)):
+        _hf_checkpoint(runs, model, step=step, epoch=epoch)
+    result = run_sweep([runs], tmp_path / "h.jsonl", jobs=1, randomize=False)
+    assert not result.failed, [o.error for o in result.failed]
+    swept = load_history(tmp_path / "h.jsonl", as_pandas=False)
+    watched = tmp_path / "watched.jsonl"
+    monitor = SpectralMonitor(seed=0, randomize=False, log_wandb=False)
+    monitor.open_sinks(history_path=watched)  # the history a callback writes while training
+    monitor.run(model, epoch=0, step=10)
+    monitor.close_sinks()
+    layers = [r["layer"] for r in load_history(watched, as_pandas=False)]
+    assert "vit.layers.0.attention.q_proj" in layers
+    assert (
+        [r["layer"] for r in swept if r["step"] == 10]
+        == [r["layer"] for r in swept if r["step"] == 20]
+        == layers
+    )
 
 
 # ------------------------------------------------------------------------------------------- safety

@@ -156,6 +156,13 @@ def epoch_and_step(checkpoint: Checkpoint, meta: Mapping[str, Any]) -> tuple[int
         >>> epoch_and_step(Checkpoint(Path("checkpoint-30"), 2), {"epoch": 1.5, "global_step": 30, "hf": True})
         (1, 30)
     """
+    epoch, step = _saved_epoch_and_step(checkpoint, meta)
+    epoch = checkpoint.position if epoch is None else epoch
+    return int(epoch), int(step if step is not None else epoch)
+
+
+def _saved_epoch_and_step(checkpoint: Checkpoint, meta: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(epoch, step) as the checkpoint's metadata or name say them, None where they say nothing."""
     name = checkpoint.path.name
     epoch_value = _number(meta.get("epoch"))
     if epoch_value is not None and meta.get("hf"):
@@ -164,11 +171,9 @@ def epoch_and_step(checkpoint: Checkpoint, meta: Mapping[str, Any]) -> tuple[int
         epoch = int(epoch_value)
     else:
         epoch = _from_name(_EPOCH_IN_NAME, name)
-    if epoch is None:
-        epoch = checkpoint.position
     step_value = _number(meta.get("global_step", meta.get("step")))
     step = int(step_value) if step_value is not None else _from_name(_STEP_IN_NAME, name)
-    return int(epoch), int(step if step is not None else epoch)
+    return epoch, step
 
 
 def read_checkpoint(checkpoint: Checkpoint) -> Any:
@@ -220,11 +225,26 @@ def peek_epoch_and_step(checkpoint: Checkpoint) -> tuple[int, int]:
         >>> peek_epoch_and_step(Checkpoint(Path("epoch=3-step=12.safetensors"), 0))
         (3, 12)
     """
+    return epoch_and_step(checkpoint, _peek_metadata(checkpoint))
+
+
+def epoch_is_saved(checkpoint: Checkpoint) -> bool:
+    """Whether the checkpoint's metadata or name say its epoch (else `epoch_and_step` falls back to its position
+    in the series, e.g. for a file that cannot be read at all).
+
+    Example:
+        >>> epoch_is_saved(Checkpoint(Path("epoch=3.pt"), 0)), epoch_is_saved(Checkpoint(Path("broken.pt"), 0))
+        (True, False)
+    """
+    return _saved_epoch_and_step(checkpoint, _peek_metadata(checkpoint))[0] is not None
+
+
+def _peek_metadata(checkpoint: Checkpoint) -> dict[str, Any]:
     path = checkpoint.path
     if path.is_dir():
         state = _trainer_state(path)
         meta: dict[str, Any] = {"hf": True, **{k: state[k] for k in ("epoch", "global_step") if k in state}}
-        return epoch_and_step(checkpoint, meta if len(meta) > 1 else {})
+        return meta if len(meta) > 1 else {}
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-        return epoch_and_step(checkpoint, _torch_metadata(path))
-    return epoch_and_step(checkpoint, {})
+        return _torch_metadata(path)
+    return {}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .._util import first_line
-from .checkpoints import Checkpoint, find_checkpoints, peek_epoch_and_step, read_checkpoint
+from .checkpoints import Checkpoint, epoch_is_saved, find_checkpoints, peek_epoch_and_step, read_checkpoint
 
 __all__ = [
     "CheckpointOutcome",
@@ -203,9 +203,18 @@ def number_epochs(
         [(0, 5), (1, 10)]
     """
     own = [peek_epoch_and_step(c) for c in todo]
+    saved = [epoch_is_saved(c) for c in todo]
     epochs = [epoch for epoch, _ in own]
     if len(set(epochs)) == len(epochs) and not taken & set(epochs):
         return own
+    known = [epoch for epoch, is_saved in zip(epochs, saved, strict=True) if is_saved]
+    if len(set(known)) == len(known) and not taken & set(known):
+        # Only checkpoints without a saved epoch (unreadable files, names without one) collide: they go after
+        # the others; the checkpoints that say their epoch keep it.
+        after = max([*known, *taken], default=-1) + 1
+        guessed = [i for i, is_saved in enumerate(saved) if not is_saved]
+        renumbered = {index: after + rank for rank, index in enumerate(guessed)}
+        return [(renumbered.get(i, own[i][0]), own[i][1]) for i in range(len(todo))]
     first = max(taken, default=-1) + 1
     order = sorted(range(len(todo)), key=lambda i: (own[i][1], own[i][0], todo[i].position))
     numbered = dict.fromkeys(range(len(todo)), 0)
