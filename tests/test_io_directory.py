@@ -287,3 +287,41 @@ def test_errors_are_weights_file_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsFileError, match="no model weights"):
         ModelDirectory(tmp_path / "empty")
+
+
+def tiny_vit() -> torch.nn.Module:
+    """A ViT: transformers 5 holds ``vit.layers.0.attention.q_proj`` in memory and saves it under the older
+    ``vit.encoder.layer.0.attention.attention.query``."""
+    import transformers
+
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=8,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        return transformers.ViTForImageClassification(config).eval()
+
+
+def test_renamed_modules_keep_the_names_and_order_of_the_model(tmp_path: Path) -> None:
+    model = tiny_vit()
+    directory = save_dir(model, tmp_path / "vit", "safetensors", shard=None)
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), "np") as handle:
+        saved = list(handle.keys())
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in saved  # the older names on disk
+    reference = ww_callbacks.analyze(model, seed=0)
+    for report in (
+        ww_callbacks.analyze(directory, seed=0),
+        ww_callbacks.analyze(load_weights(directory), seed=0),
+    ):
+        assert [lr.longname for lr in report.layers] == [lr.longname for lr in reference.layers]
+        assert report.layers[1].longname == "vit.layers.0.attention.q_proj"
+        for ours, theirs in zip(report.layers, reference.layers, strict=True):
+            for column in (*DETERMINISTIC, "rand_distance"):  # the same positions: the same shuffles too
+                assert _close(getattr(ours, column), getattr(theirs, column)), (ours.longname, column)

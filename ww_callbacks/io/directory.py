@@ -12,11 +12,14 @@ directory and holds the tensors the index says; safetensors headers are read and
 `ModelDirectory.iter_layers` then yields the analyzable layers one at a time: safetensors tensors are copied
 out of the memory-mapped file one by one, ``.bin`` shards are opened one after another with
 ``torch.load(weights_only=True, mmap=True)``, so only the layer being analyzed (plus, for ``.bin``, the
-mapping of its shard) is in memory. Nothing else in the directory is ever opened (``config.json``,
-``training_args.bin``, ``optimizer.pt``, ``rng_state.pth`` ... stay untouched).
+mapping of its shard) is in memory. Nothing else in the directory is ever opened but ``config.json``
+(``training_args.bin``, ``optimizer.pt``, ``rng_state.pth`` ... stay untouched).
 
-Layers are named and numbered as `ww_callbacks.layers.mapping.snapshot_mapping` names the keys of the whole
-state dict: ``encoder.layer.0.attention.self.query`` for ``encoder.layer.0.attention.self.query.weight``,
+A directory saved by transformers (with ``config.json``) is analyzed under the model's own names and in its order,
+as `ww_callbacks.analyze` names the layers of the model in memory (`ww_callbacks.io._hf_names`: transformers 5
+saves some modules under older names), so a history swept from checkpoints lines up with the one written while
+training. Layers are numbered as `ww_callbacks.layers.mapping.snapshot_mapping` numbers the keys of the whole
+state dict (in that order), and otherwise named as it names them: ``encoder.layer.0.attention.self.query`` for ``encoder.layer.0.attention.self.query.weight``,
 ids counting every candidate key from 1, shard by shard (shards in file-name order; inside a safetensors shard
 keys in natural order, inside a ``.bin`` shard in saved order). Weights shared by several keys of one ``.bin``
 shard (tied embeddings) are analyzed once; safetensors files never hold shared tensors
@@ -48,6 +51,7 @@ from ..layers.builders import storage_identity
 from ..layers.mapping import snapshot_mapping, unwrap_state_dict
 from ..spectral.frameworks import is_torch_tensor
 from ..spectral.weights import LayerWeights
+from ._hf_names import model_layout
 from ._loaders import WeightsFileError, load_safetensors, load_torch, tensors_to_numpy
 
 __all__ = ["INDEX_FILES", "WEIGHT_FILES", "ModelDirectory", "is_model_directory"]
@@ -263,34 +267,57 @@ class ModelDirectory:
         all_names = self._all_names()
         # weightwatcher's state-dict rule, over the whole directory: with any ``.weight`` key only those count.
         by_weight = None if all_names is None else any(_is_weight_key(n) for n in all_names)
+        layout = model_layout(self.path, all_names or []) or {}  # a transformers model's own names, if any
         layer_id = 1
-        for file in self.files:
-            owners: dict[Any, str] = {}
+        owners: dict[tuple[Path, Any], str] = {}
+        for file, name, read in self._ordered_tensors(layout):
             file_by_weight = by_weight
-            for name, read in self._tensors(file):
-                if file_by_weight is None:  # known once a .bin without index is open (see `_tensors`)
-                    file_by_weight = any(_is_weight_key(n) for n in self.names[file] or [])
-                if file_by_weight and not _is_weight_key(name):
-                    continue
-                this_id, layer_id = layer_id, layer_id + 1
-                if len(self.shapes.get(name, (0, 0))) not in (2, 4):
-                    continue  # 1-D norms, scalars: never analyzed, so never read
-                array, identity = read()
-                if identity is not None and identity in owners:
-                    log.debug(
-                        "%s: %s shares its weights with %s; analyzed once", file, name, owners[identity]
-                    )
-                    continue
-                if identity is not None:
-                    owners[identity] = name
-                found = snapshot_mapping({name: array}, copy=False)
-                del array
-                if not found:
-                    continue
-                selected = select_layers([dataclasses.replace(found[0], layer_id=this_id)], layers)
-                del found  # hold one layer at a time (the consumer drops it before asking again)
-                while selected:
-                    yield selected.pop()
+            if file_by_weight is None:  # known once a .bin without index is open (see `_tensors`)
+                file_by_weight = any(_is_weight_key(n) for n in self.names[file] or [])
+            if file_by_weight and not _is_weight_key(name):
+                continue
+            own_name = layout[name][0] if name in layout else name
+            this_id, layer_id = layer_id, layer_id + 1
+            if len(self.shapes.get(name, (0, 0))) not in (2, 4):
+                continue  # 1-D norms, scalars: never analyzed, so never read
+            array, identity = read()
+            if identity is not None and (file, identity) in owners:  # ties live within one .bin shard
+                log.debug(
+                    "%s: %s shares its weights with %s; analyzed once", file, name, owners[file, identity]
+                )
+                continue
+            if identity is not None:
+                owners[file, identity] = name
+            found = snapshot_mapping({own_name: array}, copy=False)
+            del array
+            if not found:
+                continue
+            selected = select_layers([dataclasses.replace(found[0], layer_id=this_id)], layers)
+            del found  # hold one layer at a time (the consumer drops it before asking again)
+            while selected:
+                yield selected.pop()
+
+    def _ordered_tensors(
+        self, layout: Mapping[str, tuple[str, int]]
+    ) -> Iterator[tuple[Path, str, Callable[[], tuple[Any, Any]]]]:
+        """(file, saved name, read) in the model's layer order where ``layout`` knows it (saved order otherwise):
+        across files for safetensors (any tensor can be read alone), within each shard for ``.bin`` files."""
+
+        def order(item: tuple[Path, str, Any]) -> tuple[int, int]:
+            return (0, layout[item[1]][1]) if item[1] in layout else (1, 0)
+
+        if layout and self.format == "safetensors":
+            entries = [
+                (f, n, functools.partial(self._safetensors_tensor, f, n))
+                for f in self.files
+                for n in self.names[f] or []
+            ]
+            yield from sorted(entries, key=order)
+            return
+        for file in self.files:
+            entries = [(file, name, read) for name, read in self._tensors(file)]
+            yield from sorted(entries, key=order) if layout else entries
+            del entries
 
     def __repr__(self) -> str:
         return f"ModelDirectory({str(self.path)!r}, format={self.format!r}, files={len(self.files)})"
@@ -323,7 +350,9 @@ def _load_torch_shard(file: Path) -> Mapping[str, Any]:
 
 
 def load_directory(path: str | Any) -> dict[str, Any]:
-    """Every tensor of a model directory in one mapping of names to numpy arrays (the whole model in memory).
+    """Every tensor of a model directory in one mapping of names to numpy arrays (the whole model in memory), under
+    the names and in the layer order of the model in memory for a transformers directory (as
+    `ModelDirectory.iter_layers` names them).
 
     `ww_callbacks.analyze` reads directories layer by layer instead (`ModelDirectory.iter_layers`).
 
@@ -344,4 +373,8 @@ def load_directory(path: str | Any) -> dict[str, Any]:
             if name not in loaded:
                 raise WeightsFileError(f"{file}: does not hold {name!r} that the index places there")
             out[name] = loaded[name]
-    return out
+    layout = model_layout(directory.path, list(out)) or {}
+    if not layout:
+        return out
+    ordered = sorted(out, key=lambda name: (0, layout[name][1]) if name in layout else (1, 0))
+    return {layout.get(name, (name, 0))[0]: out[name] for name in ordered}

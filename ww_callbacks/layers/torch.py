@@ -98,6 +98,20 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
     return mark_tied(found, ties)
 
 
+def module_ids(module: Any) -> dict[str, int]:
+    """weightwatcher's layer id of every module path of ``module``: its position in ``named_modules()`` (the root
+    is 0, containers count), wrappers left out, as `snapshot_torch` numbers them.
+
+    Example:
+        >>> import torch
+        >>> module_ids(torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU()))
+        {'': 0, '0': 1, '1': 2}
+    """
+    import torch
+
+    return {path: layer_id for layer_id, (path, _) in enumerate(_named_modules(module, torch))}
+
+
 def _unwrapped(module: Any, torch: Any) -> Any:
     """The user's module inside ``torch.compile`` / DDP / DataParallel wrappers (any nesting)."""
     while True:
