@@ -30,6 +30,36 @@ class SlowRule(StoppingRule):
         return StopDecision(False, "")
 
 
+class GateRule(StoppingRule):
+    """Never stops; its check sets ``entered`` and waits for ``release``: the test decides when an analysis (in
+    the worker: the rule runs inside the record, under the state's lock) ends, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def check(self, report, *, epoch):
+        self.entered.set()
+        assert self.release.wait(120), "the test never released the analysis"
+        return StopDecision(False, "")
+
+
+def once(condition, action) -> threading.Thread:
+    """Run ``action`` on a helper thread as soon as ``condition()`` holds (checked every 10 ms, for at most 120 s)."""
+
+    def watch() -> None:
+        ready = threading.Event()
+        for _ in range(12000):
+            if condition():
+                break
+            ready.wait(0.01)
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
 def numbers(history):
     return [{k: v for k, v in entry.items() if k not in NOT_NUMBERS} for entry in history]
 
@@ -81,39 +111,47 @@ def test_background_gives_exactly_the_synchronous_numbers(schedule):
 
 
 def test_busy_worker_makes_the_next_snapshot_wait_and_counts_it():
-    monitor = SpectralMonitor(seed=0, background=True, early_stopping=SlowRule(0.3), max_pending=1)
+    rule = GateRule()
+    monitor = SpectralMonitor(seed=0, background=True, early_stopping=rule, max_pending=1)
     bg = monitor.background
     bg.submit(weights(0), epoch=0)
-    bg.submit(weights(1), epoch=1)  # the first is still in its rule: this waits for it
-    assert bg.finish(timeout=30)
-    assert bg.worker.waits == 1 and bg.worker.wait_time > 0.1
+    assert rule.entered.wait(60)  # the first analysis is in its rule: the next submit has to wait for it
+    helper = once(lambda: bg.worker.waits == 1, rule.release.set)
+    bg.submit(weights(1), epoch=1)
+    helper.join(60)
+    assert bg.finish(timeout=60)
+    assert bg.worker.waits == 1 and bg.worker.wait_time > 0
     assert [entry["background_waits"] for entry in monitor.history] == [1, 1]
     assert [r.epoch for r in bg.collect()] == [0, 1]  # nothing skipped
     assert not analysis_threads()
 
 
 def test_finish_after_an_interrupt_drops_queued_work_and_keeps_what_finished():
-    monitor = SpectralMonitor(seed=0, background=True, early_stopping=SlowRule(0.3), max_pending=3)
+    rule = GateRule()
+    monitor = SpectralMonitor(seed=0, background=True, early_stopping=rule, max_pending=3)
     bg = monitor.background
     for epoch in range(3):
         bg.submit(weights(epoch), epoch=epoch)
-    time.sleep(0.1)  # the first is running, two are queued
+    assert rule.entered.wait(60)  # the first is running (held in its rule), two are queued
+    helper = once(lambda: bg.pending == 1, rule.release.set)  # released once the queue is dropped
     with pytest.warns(RuntimeWarning, match="2 queued analyses dropped"):
         assert bg.finish(interrupted=True)
+    helper.join(60)
     assert [entry["epoch"] for entry in monitor.history] == [0]
     assert not analysis_threads()
 
 
 def test_finish_abandons_a_stuck_analysis_after_the_timeout_with_a_warning():
-    monitor = SpectralMonitor(seed=0, background=True, early_stopping=SlowRule(1.5))
+    rule = GateRule()
+    monitor = SpectralMonitor(seed=0, background=True, early_stopping=rule)
     monitor.background.submit(weights(0), epoch=0)
-    start = time.perf_counter()
+    assert rule.entered.wait(60)
     with pytest.warns(RuntimeWarning, match="abandoned after 0.2 s"):
-        assert not monitor.background.finish(timeout=0.2)
-    assert time.perf_counter() - start < 1.0
+        assert not monitor.background.finish(timeout=0.2)  # the analysis is still held in its rule
     thread = analysis_threads()[0]
     assert thread.daemon  # an abandoned analysis never keeps the process alive
-    thread.join(10)
+    rule.release.set()
+    thread.join(60)
     assert [entry["epoch"] for entry in monitor.history] == [0]  # it still completed and was recorded
 
 
@@ -130,10 +168,16 @@ def test_worker_thread_exits_when_idle_and_restarts_on_demand():
 
 
 def test_state_dict_while_the_worker_records():
-    monitor = SpectralMonitor(seed=0, background=True, early_stopping=SlowRule(0.2))
+    rule = GateRule()
+    monitor = SpectralMonitor(seed=0, background=True, early_stopping=rule)
     monitor.background.submit(weights(0), epoch=0)
-    time.sleep(0.05)
-    state = monitor.state_dict()  # waits for the record in progress (the state's lock): never half an entry
-    assert len(state["history"]) in (0, 1)
-    assert monitor.background.finish(timeout=30)
-    assert len(monitor.state_dict()["history"]) == 1
+    assert rule.entered.wait(60)  # the worker is recording (its rule runs under the state's lock)
+    states = []
+    reader = threading.Thread(target=lambda: states.append(monitor.state_dict()))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive() and not states  # state_dict waits for the record in progress ...
+    rule.release.set()
+    reader.join(60)
+    assert len(states[0]["history"]) == 1  # ... and never sees half an entry
+    assert monitor.background.finish(timeout=60)

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -134,29 +133,44 @@ def test_background_logs_exactly_the_synchronous_numbers_at_the_same_steps(sched
 
 
 def test_background_stop_takes_effect_one_analysis_later(tmp_path):
-    _, mod = namespace_modules("lightning.pytorch")
+    pl, mod = namespace_modules("lightning.pytorch")
     stops = {}
     for background in (False, True):
+        rule = GatedPlateau("alpha", mode="min", patience=1, min_delta=0.5)
         ww = mod.WeightWatcherCallback(
-            every_n_train_steps=2,
-            seed=0,
-            background=background,
-            early_stopping=SlowPlateau("alpha", mode="min", patience=1, min_delta=0.5),
+            every_n_train_steps=2, seed=0, background=background, early_stopping=rule
         )
         model = make_model("lightning.pytorch", alpha_schedule=[3.0], step_loss=True)
-        trainer = make_trainer("lightning.pytorch", tmp_path, max_epochs=5, callbacks=[ww])
+        # The analysis after step 4 says stop; in background its rule finishes only when step 6 is done, before
+        # our hook at step 6 (callbacks run in list order): its decision arrives there, one analysis later.
+        release = ReleaseAtStep(pl, rule, step=6)
+        trainer = make_trainer("lightning.pytorch", tmp_path, max_epochs=5, callbacks=[release, ww])
         trainer.fit(model)
         stops[background] = trainer.global_step
     assert stops[False] == 4  # the second analysis says stop
-    # background: the decision of the analysis after step 4 (0.3 s in its rule) arrives at a later batch end,
-    # at the latest at the next analysis point (step 6), where the submit waits for the worker
-    assert stops[True] in (5, 6)
+    assert stops[True] == 6
 
 
-class SlowPlateau(Plateau):
+class GatedPlateau(Plateau):
+    """Plateau whose second check (the analysis after step 4) waits until ``release`` is set."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
     def check(self, report, *, epoch):
-        time.sleep(0.3)
+        if self.num_checks == 1 and threading.current_thread().name == "ww-callbacks-analysis":
+            assert self.release.wait(120), "never released"
         return super().check(report, epoch=epoch)
+
+
+def ReleaseAtStep(pl, rule: GatedPlateau, step: int):  # noqa: N802 - builds a callback of the namespace
+    class Release(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= step:
+                rule.release.set()
+
+    return Release()
 
 
 SCRIPT = r"""
