@@ -80,6 +80,7 @@ def _one_backend(backend: str, repeats: int, epochs: int, torch_threads: int) ->
     import keras
 
     from ww_callbacks._data import load_mnist
+    from ww_callbacks._training import keras_mlp
     from ww_callbacks.keras import WeightWatcherCallback
 
     class TimedCallback(WeightWatcherCallback):
@@ -95,21 +96,8 @@ def _one_backend(backend: str, repeats: int, epochs: int, torch_threads: int) ->
     (x, y), _ = load_mnist(n_train=1000, n_val=0, seed=0)
 
     def build(seed: int) -> keras.Model:
-        init = keras.initializers.GlorotUniform(seed=seed)
-        model = keras.Sequential(
-            [
-                keras.Input((784,)),
-                keras.layers.Dense(64, activation="relu", kernel_initializer=init),
-                keras.layers.Dense(64, activation="relu", kernel_initializer=init),
-                keras.layers.Dense(10, kernel_initializer=init),
-            ]
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        return model
+        keras.utils.set_random_seed(seed)  # the initial weights (a benchmark may seed the global RNGs)
+        return keras_mlp()
 
     def fit(config: str, seed: int, n_epochs: int = epochs) -> tuple[float, float, float]:
         model = build(seed)

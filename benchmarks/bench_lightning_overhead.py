@@ -66,30 +66,11 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, ROOT)
     kernel_name = blas_kernel()  # before the frameworks load their own libraries
     import torch
-    from lightning.pytorch import Callback, LightningModule, Trainer
-    from torch import nn
+    from lightning.pytorch import Callback
     from torch.utils.data import DataLoader, TensorDataset
 
+    from ww_callbacks._training import classifier_module, lightning_trainer, mlp
     from ww_callbacks.lightning import WeightWatcherCallback
-
-    class MLP(LightningModule):
-        """784-64-64-10 classifier, Adam."""
-
-        def __init__(self, lr: float = 1e-3) -> None:
-            super().__init__()
-            self.lr = lr
-            self.net = nn.Sequential(
-                nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
-            )
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            loss = nn.functional.cross_entropy(self.net(x), y)
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=self.lr)
 
     class WeightWatcherAnalyzeCallback(Callback):
         """The original experiment's callback: weightwatcher's analyze(randomize=True) at every epoch end."""
@@ -130,7 +111,9 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
     def run_once(kind: str, epochs: int, seed: int) -> tuple[float, float, float]:
         """Train once; return (fit wall seconds, fit CPU seconds of this process, seconds inside the hook)."""
         torch.manual_seed(seed)
-        model = MLP()
+        model = classifier_module(
+            mlp(), lambda params: torch.optim.Adam(params, lr=1e-3), log_train_loss=True
+        )
         loader = DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
         callback: Any = None
         if kind == "ww-callbacks":
@@ -139,16 +122,7 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
             )
         elif kind == "weightwatcher":
             callback = WeightWatcherAnalyzeCallback()
-        trainer = Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[callback] if callback is not None else [],
-        )
+        trainer = lightning_trainer(epochs, [callback] if callback is not None else [])
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.fit(model, loader)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +41,16 @@ from scipy import stats
 
 from ww_callbacks import SpectralReport
 from ww_callbacks._data import load_mnist
+from ww_callbacks._training import (
+    classifier_module,
+    keras_mlp,
+    lightning_trainer,
+    loaders,
+    mlp,
+    quiet_frameworks,
+)
 from ww_callbacks.sinks.history import load_history
-from ww_callbacks.stopping import AlphaBelow, Plateau, StoppingRule
+from ww_callbacks.stopping import AlphaBelow, Plateau, StoppingRule, recommended
 
 LEARNING_RATES = (0.01, 0.1, 0.05)
 BATCH_SIZES = (32, 64)
@@ -53,10 +59,12 @@ SEEDS = (0, 1, 2)
 
 
 def data_free_rules() -> dict[str, StoppingRule]:
-    """The rules evaluated, fresh for each run. Both read only the spectral report of each epoch."""
+    """The rules evaluated, fresh for each run: the two classic ones and the rule the stopping benchmark
+    recommends (`ww_callbacks.stopping.recommended`). All read only the spectral report of each epoch."""
     return {
         "Plateau(rand_distance, patience=3)": Plateau("rand_distance", mode="max", patience=3),
         "AlphaBelow(2.0)": AlphaBelow(2.0),
+        "recommended()": recommended(),
     }
 
 
@@ -134,33 +142,8 @@ def _report_of(callback: Any, epoch: int) -> SpectralReport | None:
 def run_lightning(lr: float, batch_size: int, data: Any, epochs: int, seed: int, run_dir: Path) -> RunRecord:
     import lightning as L
     import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
 
     from ww_callbacks.lightning import WeightWatcherCallback
-
-    class MLP(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1 = nn.Linear(784, HIDDEN[0])
-            self.fc2 = nn.Linear(HIDDEN[0], HIDDEN[1])
-            self.fc3 = nn.Linear(HIDDEN[1], 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-        def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            return nn.functional.cross_entropy(self(x), y)
-
-        def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-            x, y = batch
-            logits = self(x)
-            self.log("val_loss", nn.functional.cross_entropy(logits, y))
-            self.log("val_acc", (logits.argmax(dim=1) == y).float().mean())
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=lr)
 
     class Probe(L.Callback):
         """Runs after the WeightWatcher callback; validation of the epoch is done by then."""
@@ -169,36 +152,20 @@ def run_lightning(lr: float, batch_size: int, data: Any, epochs: int, seed: int,
             self.ww, self.probe = ww, probe
 
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            metrics = trainer.callback_metrics
-            epoch = trainer.current_epoch
-            self.probe.observe(epoch, _report_of(self.ww, epoch), metrics["val_loss"], metrics["val_acc"])
+            epoch, val = trainer.current_epoch, pl_module.val
+            self.probe.observe(epoch, _report_of(self.ww, epoch), val["val_loss"], val["val_acc"])
 
-    (x_train, y_train), (x_val, y_val) = data
     # A model this small trains fastest on one thread: with more, thread hand-offs cost more than the math
     # (10x slower on a busy 2-core machine).
     torch.set_num_threads(1)
     L.seed_everything(
         seed, verbose=False
-    )  # the training seed: initial weights and batch order, alike for every setting
+    )  # the training seed: initial weights and batch order, alike everywhere
     record = RunRecord(lr, batch_size, seed, history_path=run_dir / "ww_history.jsonl")
     ww = WeightWatcherCallback(seed=seed, history_path=record.history_path, log_wandb=False)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(run_dir),
-        callbacks=[ww, Probe(ww, StopProbe(record))],
-    )
-    train = DataLoader(
-        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)), batch_size, shuffle=True
-    )
-    val = DataLoader(TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val)), batch_size=len(x_val))
-    trainer.fit(MLP(), train, val)
+    module = classifier_module(mlp(), lambda params: torch.optim.Adam(params, lr=lr))
+    trainer = lightning_trainer(epochs, [ww, Probe(ww, StopProbe(record))], root=run_dir)
+    trainer.fit(module, *loaders(data, batch_size))  # batches shuffled by the seeded global generator
     return record
 
 
@@ -220,22 +187,8 @@ def run_keras(lr: float, batch_size: int, data: Any, epochs: int, seed: int, run
 
     _one_thread_for_keras(keras.backend.backend())
     (x_train, y_train), (x_val, y_val) = data
-    keras.utils.set_random_seed(
-        seed
-    )  # the training seed: initial weights and batch order, alike for every setting
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(HIDDEN[0], activation="relu", name="fc1"),
-            keras.layers.Dense(HIDDEN[1], activation="relu", name="fc2"),
-            keras.layers.Dense(10, name="fc3"),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    keras.utils.set_random_seed(seed)  # the training seed: initial weights and batch order, alike everywhere
+    model = keras_mlp(lr=lr)
     record = RunRecord(lr, batch_size, seed, history_path=run_dir / "ww_history.jsonl")
     ww = WeightWatcherCallback(seed=seed, history_path=record.history_path, log_wandb=False)
     model.fit(
@@ -568,13 +521,10 @@ def save_plots(records: Sequence[RunRecord], out: Path) -> list[Path]:
 
 
 def _quiet_frameworks() -> None:
-    # The script's own output is the point; framework banners and data-loader hints are noise here.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # The script's own output is the point: no framework banners (Lightning's GPU/TPU lines, tips, "fit
+    # stopped"), no data-loader hints. One thread for JAX's XLA too (read at its import).
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    quiet_frameworks()
 
 
 def _progress(total: int) -> Any:

@@ -3,7 +3,7 @@
 Trains a suite of small networks once, recording per epoch the validation metrics and the ww-callbacks history
 (``generate``), then replays data-free stopping rules and the usual baselines on the recorded runs offline,
 chooses each rule's options on the tuning half of the suite and reports them on the held-out half
-(``evaluate``). See the README section "Does data-free stopping work?".
+(``evaluate``). See docs/stopping.md ("Does data-free stopping work?").
 
 Run:
     python benchmarks/stopping/bench_stopping.py                  # evaluate the committed runs (seconds)

@@ -581,7 +581,7 @@ def report(runs: Sequence[Run], *, smoke: bool = False) -> str:
 # ------------------------------------------------------------------------------------------------ plot
 
 
-#: The held-out runs the README's plot shows (one per family, two MLPs); other run sets: one per family.
+#: The held-out runs the plot in docs/stopping.md shows (one per family, two MLPs); other run sets: one per family.
 PLOT_RUNS = (
     "mlp_w256_noise0.4_s1",
     "mlp_w64_noise0_s1",

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
-import os
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +25,14 @@ from typing import Any
 import numpy as np
 
 from ww_callbacks._data import load_mnist
+from ww_callbacks._training import (
+    classifier_module,
+    keras_mlp,
+    lightning_trainer,
+    loaders,
+    mlp,
+    quiet_frameworks,
+)
 from ww_callbacks.spectral.report import SpectralReport
 from ww_callbacks.stopping import history_reports
 
@@ -143,15 +148,6 @@ def modular_addition(p: int, frac: float) -> tuple[np.ndarray, np.ndarray, np.nd
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _quiet() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-
-
 def _callback_options(spec: RunSpec, history_path: Path) -> dict[str, Any]:
     # What a user writes, plus traps=True so that num_traps and the rand_* columns are in the history too.
     return {
@@ -169,14 +165,7 @@ def _torch_model(spec: RunSpec) -> Any:
     opts = spec.options
     if spec.family in ("seedgrid", "mlp"):
         width = int(opts.get("w", 64))
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(784, width),
-            nn.ReLU(),
-            nn.Linear(width, width),
-            nn.ReLU(),
-            nn.Linear(width, 10),
-        )
+        return mlp((784, width, width, 10))
     if spec.family == "cnn":
         return nn.Sequential(
             nn.Unflatten(1, (1, 28, 28)),
@@ -215,7 +204,6 @@ def _torch_data(spec: RunSpec) -> tuple[Any, Any, Callable[[Any], Any]]:
     from torch.utils.data import DataLoader, TensorDataset
 
     opts = spec.options
-    generator = torch.Generator().manual_seed(spec.seed)
     if spec.family == "grok":
         p, steps = int(opts.get("p", 47)), int(opts.get("steps", 50))
         x_train, y_train, x_val, y_val = modular_addition(p, float(opts["frac"]))
@@ -242,14 +230,7 @@ def _torch_data(spec: RunSpec) -> tuple[Any, Any, Callable[[Any], Any]]:
         n_train, noise, batch, lr = int(opts.get("n", 4000)), float(opts["noise"]), 64, 1e-3
         if spec.family == "cnn":
             n_train = int(opts.get("n", 2000))
-    (x_train, y_train), (x_val, y_val) = mnist_split(n_train, noise)
-    train = DataLoader(
-        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-        batch_size=batch,
-        shuffle=True,
-        generator=generator,
-    )
-    val = DataLoader(TensorDataset(torch.from_numpy(x_val), torch.from_numpy(y_val)), batch_size=len(x_val))
+    train, val = loaders(mnist_split(n_train, noise), batch, seed=spec.seed)
     return train, val, lambda params: torch.optim.Adam(params, lr=lr)
 
 
@@ -257,51 +238,21 @@ def train_lightning(spec: RunSpec, history_path: Path) -> list[dict[str, float]]
     """Train ``spec`` with Lightning and the ww-callbacks callback; return the per-epoch metrics."""
     import lightning as L
     import torch
-    from torch import nn
 
     from ww_callbacks.lightning import WeightWatcherCallback
 
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and runs may go side by side
     L.seed_everything(spec.seed, verbose=False)
-    net = _torch_model(spec)
+    net = _torch_model(spec)  # before the data, as the recorded runs did
     train, val, optimizer = _torch_data(spec)
-
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-            self.sums = np.zeros(3)  # loss * n, correct, n over the epoch's training batches
-            self.val: dict[str, float] = {}
-
-        def on_train_epoch_start(self) -> None:
-            self.sums[:] = 0
-
-        def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            logits = self.net(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            with torch.no_grad():
-                self.sums += (float(loss) * len(y), float((logits.argmax(1) == y).sum()), len(y))
-            return loss
-
-        def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-            x, y = batch
-            logits = self.net(x)
-            self.val = {
-                "val_loss": float(nn.functional.cross_entropy(logits, y)),
-                "val_acc": float((logits.argmax(1) == y).float().mean()),
-            }
-
-        def configure_optimizers(self) -> Any:
-            return optimizer(self.parameters())
-
+    module = classifier_module(net, optimizer)
     epochs: list[dict[str, float]] = []
 
     class Recorder(L.Callback):
         """After validation and after the ww-callbacks analysis of the epoch."""
 
         def on_train_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-            loss_sum, correct, n = pl_module.sums
+            loss_sum, correct, n = pl_module.train_sums
             epochs.append(
                 {
                     "epoch": trainer.current_epoch,
@@ -312,19 +263,8 @@ def train_lightning(spec: RunSpec, history_path: Path) -> list[dict[str, float]]
             )
 
     with tempfile.TemporaryDirectory() as root:
-        trainer = L.Trainer(
-            max_epochs=spec.epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=root,
-            callbacks=[WeightWatcherCallback(**_callback_options(spec, history_path)), Recorder()],
-        )
-        trainer.fit(Module(), train, val)
+        callbacks = [WeightWatcherCallback(**_callback_options(spec, history_path)), Recorder()]
+        lightning_trainer(spec.epochs, callbacks, root=root).fit(module, train, val)
     return epochs
 
 
@@ -338,19 +278,7 @@ def train_keras(spec: RunSpec, history_path: Path) -> list[dict[str, float]]:
     (x_train, y_train), (x_val, y_val) = mnist_split(int(opts.get("n", 4000)), float(opts["noise"]))
     keras.utils.set_random_seed(spec.seed)
     width = int(opts["w"])
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(width, activation="relu", name="fc1"),
-            keras.layers.Dense(width, activation="relu", name="fc2"),
-            keras.layers.Dense(10, name="fc3"),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    model = keras_mlp((784, width, width, 10), lr=1e-3)
     epochs: list[dict[str, float]] = []
 
     class Recorder(keras.callbacks.Callback):
@@ -401,7 +329,7 @@ def _versions(framework: str) -> dict[str, str]:
 
 def generate(spec: RunSpec, runs_dir: Path) -> Path:
     """Train ``spec`` and write ``runs_dir/<name>.json.gz``; return its path."""
-    _quiet()
+    quiet_frameworks()
     runs_dir.mkdir(parents=True, exist_ok=True)
     start = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
