@@ -145,32 +145,3 @@ def _cut_partial_tail(path: Path) -> None:
         RuntimeWarning,
         stacklevel=4,
     )
-
-
-def _cut_partial_tail(path: Path) -> None:
-    """Drop an unterminated last line (a write interrupted by a crash) so appended lines stay parseable."""
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        # Scan back in chunks for the last newline; everything after it is the partial line.
-        pos = size
-        keep = 0
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            idx = chunk.rfind(b"\n")
-            if idx >= 0:
-                keep = start + idx + 1
-                break
-            pos = start
-        f.truncate(keep)
-    warnings.warn(
-        f"{path}: removed an incomplete last line (an interrupted write) before appending",
-        RuntimeWarning,
-        stacklevel=4,
-    )
