@@ -21,25 +21,24 @@ The flow of one analyzed epoch::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..distributed import Collective, LocalShare, share_layers
+from ..distributed import Collective
 from ..layers import LayerWeights
 from ..sinks.lifecycle import RunSinks
 from ..spectral.report import SpectralReport
 from ..stopping import StopDecision
 from .analyzer import Analyzer
-from .background import BackgroundAnalysis, host_copies
+from .background import BackgroundAnalysis
+from .jobs import prepare_background
 from .options import WatchOptions
+from .outcome import MonitorResult, SharedPart
 from .scalars import report_scalars, scalar_keys
 from .schedule import Schedule, fresh_seed, make_schedule, rng_for
 from .state import RunState
@@ -47,65 +46,6 @@ from .state import RunState
 log = logging.getLogger(__name__)
 
 __all__ = ["MonitorResult", "SharedPart", "SpectralMonitor"]
-
-
-@dataclass
-class MonitorResult:
-    """What one analyzed epoch produced.
-
-    ``metrics`` maps logged names (``ww/alpha``, ``ww/fc1/alpha`` ...) to finite floats; it is empty when the
-    analysis failed. ``decision`` is the stopping rule's answer (None without a rule or without a report).
-    ``epoch`` and ``step`` say which analysis it is (set by `record`).
-
-    Example:
-        >>> MonitorResult().stop
-        False
-    """
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    report: SpectralReport | None = None
-    decision: StopDecision | None = None
-    epoch: int | None = None
-    step: int | None = None
-
-    @property
-    def stop(self) -> bool:
-        """True when the stopping rule asked to stop."""
-        return bool(self.decision is not None and self.decision.stop)
-
-
-@dataclass
-class SharedPart:
-    """One rank's finished share of a background analysis under several ranks, waiting to be merged
-    (`ww_callbacks.engine.results.ResultPath` merges the parts of every rank at a point they all reach)."""
-
-    epoch: int
-    step: int
-    is_last: bool
-    results: dict[int, Any]
-    seconds: float
-    total: int
-
-
-def _copied(layer: LayerWeights) -> LayerWeights:
-    """``layer`` with matrices the worker may read while training writes the weights (pinned host copies for
-    CUDA, made without blocking; plain copies otherwise)."""
-    copies, ready = host_copies([layer])
-    if copies[0] is layer:
-        return dataclasses.replace(layer, matrices=_plain_copy(layer.matrices))
-    ready()
-    return copies[0]
-
-
-def _plain_copy(matrices: Any) -> Any:
-    copy = getattr(matrices, "clone", None) or matrices.copy
-    return copy()
-
-
-def _timed(share: LocalShare, opts: Any) -> tuple[dict[int, Any], float, int]:
-    start = time.perf_counter()
-    results = share.analyze(opts)
-    return results, time.perf_counter() - start, share.total
 
 
 def _view(part: str, name: str, doc: str) -> Any:
@@ -148,7 +88,7 @@ class SpectralMonitor:
         self.schedule = schedule or make_schedule(self.options.every_n_epochs, None)
         self.background = (
             BackgroundAnalysis(
-                functools.partial(_prepare_background, self),
+                functools.partial(prepare_background, self),
                 max_pending=self.options.max_pending,
                 warn=self.warn,
             )
@@ -413,57 +353,3 @@ class SpectralMonitor:
 
     def __repr__(self) -> str:
         return f"SpectralMonitor({self.schedule!r}, {self.options!r})"
-
-
-# ---------------------------------------------------------------------- background analysis (the worker's part)
-def _prepare_background(
-    self: SpectralMonitor,
-    model: Any,
-    *,
-    epoch: int,
-    step: int,
-    is_last: bool,
-    collective: Collective | None = None,
-) -> Any:
-    """At the analysis point: copy what the worker will analyze; the job to run there (None: no copy).
-
-    One process: the job analyzes the copy, records and emits it, and returns its `MonitorResult`. With a
-    ``collective`` (several ranks): the layers are shared now (collectively: agree, assign, gather) and the
-    job analyzes only this rank's share, returning a `SharedPart` that the ranks merge later.
-    """
-    rng = self.rng_for(epoch, step)
-    if collective is not None:
-        layers = self.snapshot(model)
-        try:
-            share = share_layers(
-                layers, rng=rng, collective=collective, shard=self.options.shard_layers, copy=_copied
-            )
-        except Exception as exc:  # every rank raises together (a snapshot failed somewhere)
-            self.warn(f"background analysis at epoch {epoch} not started ({type(exc).__name__}: {exc})")
-            return None
-        opts = self.analyzer.analysis_options()
-        return lambda: SharedPart(epoch, step, is_last, *_timed(share, opts))
-    copied = self.snapshot(model, copy=True)
-    if copied is None:
-        return None
-    layers, ready = host_copies(copied)
-    return lambda: _background_job(self, layers, ready, rng, epoch, step, is_last)
-
-
-def _background_job(
-    self: SpectralMonitor,
-    layers: list[LayerWeights],
-    ready: Any,
-    rng: Any,
-    epoch: int,
-    step: int,
-    is_last: bool,
-) -> MonitorResult:
-    ready()
-    report = self.analyzer.analyze(layers, rng=rng, epoch=epoch)
-    with self.state.lock:  # history, rule and sinks, against state_dict() in the training thread
-        result = self.record(report, epoch=epoch, step=step)
-        if result.report is not None and self.background is not None:
-            self.history[-1]["background_waits"] = self.background.worker.waits
-        self.emit(result, epoch=epoch, step=step, is_last=is_last or result.stop)
-    return result

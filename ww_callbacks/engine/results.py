@@ -34,7 +34,8 @@ from ..distributed import merge_shares
 from ..sinks.lifecycle import summary_line, wandb_options
 from ..spectral.report import SpectralReport
 from .host import Host
-from .monitor import MonitorResult, SharedPart, SpectralMonitor
+from .monitor import SpectralMonitor
+from .outcome import MonitorResult, SharedPart
 
 __all__ = ["ResultPath"]
 

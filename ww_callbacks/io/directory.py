@@ -307,7 +307,7 @@ class ModelDirectory:
             return (0, layout[item[1]][1]) if item[1] in layout else (1, 0)
 
         if layout and self.format == "safetensors":
-            entries = [
+            entries: list[tuple[Path, str, Callable[[], tuple[Any, Any]]]] = [
                 (f, n, functools.partial(self._safetensors_tensor, f, n))
                 for f in self.files
                 for n in self.names[f] or []
@@ -315,9 +315,9 @@ class ModelDirectory:
             yield from sorted(entries, key=order)
             return
         for file in self.files:
-            entries = [(file, name, read) for name, read in self._tensors(file)]
-            yield from sorted(entries, key=order) if layout else entries
-            del entries
+            in_file = [(file, name, read) for name, read in self._tensors(file)]
+            yield from sorted(in_file, key=order) if layout else in_file
+            del in_file
 
     def __repr__(self) -> str:
         return f"ModelDirectory({str(self.path)!r}, format={self.format!r}, files={len(self.files)})"
