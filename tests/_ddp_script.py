@@ -1,7 +1,8 @@
 """Real 2-process DDP run (CPU, gloo) for tests/test_lightning_ddp.py.
 
 Lightning starts the second process by running this script again, so the training lives here, not in the test.
-Usage: python tests/_ddp_script.py OUT_DIR. Every rank writes OUT_DIR/rank<r>.json with what it logged and decided.
+Usage: python tests/_ddp_script.py OUT_DIR [background]. Every rank writes OUT_DIR/rank<r>.json with what it logged
+and decided. With ``background`` the first callback analyzes in each rank's worker thread (sharing the layers).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ class _Shares(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def main(out: str) -> None:
+def main(out: str, background: bool = False) -> None:
     shares = _Shares()
     logging.getLogger("ww_callbacks.distributed").addHandler(shares)
     logging.getLogger("ww_callbacks.distributed").setLevel(logging.DEBUG)
     stopper = WeightWatcherCallback(
-        per_layer=True, early_stopping=AlphaBelow(2.0), history_path=os.path.join(out, "history.jsonl")
+        per_layer=True,
+        early_stopping=AlphaBelow(2.0),
+        history_path=os.path.join(out, "history.jsonl"),
+        background=background,
     )
     # seed=None on purpose: each process draws its own, rank 0's must win
     # rank 0 analyzes every layer for this one; the other shares the layers (shard_layers=True, the default)
@@ -51,8 +55,8 @@ def main(out: str) -> None:
         "lightning.pytorch", out, strategy="ddp", devices=2, max_epochs=8, callbacks=[stopper, second]
     )
     trainer.fit(model)
-    # one process, the same weights (frozen since the stop), seed and epoch: what the ranks' merged report must be
-    reference = SpectralMonitor(seed=stopper.seed).analyze(model, epoch=stopper.stopped_epoch)
+    # one process, the same weights (those of the last analysis), seed and epoch: what the merged report must be
+    reference = SpectralMonitor(seed=stopper.seed).analyze(model, epoch=stopper.history[-1]["epoch"])
     result = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
@@ -67,10 +71,11 @@ def main(out: str) -> None:
         "last_report": [layer.to_dict() for layer in stopper.last_report.layers],
         "reference": [layer.to_dict() for layer in reference.layers],
         "shares": shares.lines,
+        "submitted": 0 if stopper.engine.background is None else stopper.engine.background.submitted,
     }
     with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as f:
         json.dump(result, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], background=sys.argv[2:] == ["background"])

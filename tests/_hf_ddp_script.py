@@ -2,7 +2,8 @@
 
 Started by ``python -m torch.distributed.run --nproc_per_node=2 tests/_hf_ddp_script.py OUT_DIR``. The rule fires
 on rank 1 only (at its third analysis), so both processes stop at the same step only if the decision is reduced.
-Every process writes OUT_DIR/rank<r>.json with what it logged and decided.
+Every process writes OUT_DIR/rank<r>.json with what it logged and decided. With a second argument
+``background`` each process analyzes its share of the layers in its worker thread.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class FireOnRankOne(StoppingRule):
         return StopDecision(fire, f"rank 1 says stop at report {self.seen}" if fire else "go on")
 
 
-def main(out: str) -> None:
+def main(out: str, background: bool = False) -> None:
     # seed=None on purpose: each process draws its own, process 0's must win
     shares: list[str] = []  # the "rank r analyzes layers [...]" lines of the shared analysis
 
@@ -48,7 +49,7 @@ def main(out: str) -> None:
 
     logging.getLogger("ww_callbacks.distributed").addHandler(_Shares())
     logging.getLogger("ww_callbacks.distributed").setLevel(logging.DEBUG)
-    ww = WeightWatcherCallback(every_n_steps=EVERY, early_stopping=FireOnRankOne())
+    ww = WeightWatcherCallback(every_n_steps=EVERY, early_stopping=FireOnRankOne(), background=background)
     args = training_args(out, max_steps=20, ddp_backend="gloo", ddp_find_unused_parameters=False)
     trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=TokenData(n=320), callbacks=[ww])
     trainer.train()
@@ -64,10 +65,11 @@ def main(out: str) -> None:
         "seed": ww.seed,
         "analysis_time": ww.engine.analysis_time,
         "shares": shares,
+        "submitted": 0 if ww.engine.background is None else ww.engine.background.submitted,
     }
     with open(os.path.join(out, f"rank{result['rank']}.json"), "w") as f:
         json.dump(result, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], background=sys.argv[2:] == ["background"])

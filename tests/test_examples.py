@@ -237,6 +237,10 @@ def test_seed_experiment_lightning(tmp_path: Path) -> None:
     assert len(configs) == 18 and len(se.SEEDS) == 3
     _check_seed_experiment(out, tmp_path, epochs=2, configs=configs)
     assert "lightning, 3 training seeds per setting (0, 1, 2): 18 runs" in out
+    # quiet: no framework banners between the runs, and the recommended rule is evaluated too
+    for banner in ("GPU available", "TPU available", "Tip:", "`Trainer.fit` stopped"):
+        assert banner not in out
+    assert "recommended stop" in out and "recommended():" in out
     # Different seeds train different networks (initial weights and batch order).
     finals = {
         r["seed"]: r["val_loss"]

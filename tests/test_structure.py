@@ -73,6 +73,28 @@ def test_callback_signature_follows_the_shared_options(module, own_options):
     assert not undocumented
 
 
+def test_the_shared_options_are_declared_once():
+    """WatchKwargs (what IDEs and type checkers see for ``**options``) is WatchOptions as keyword arguments, and
+    every callback's full signature is built from the fields, not written out."""
+    import typing
+
+    from ww_callbacks.engine.signature import WatchKwargs
+
+    fields = dataclasses.fields(WatchOptions)
+    hints = typing.get_type_hints(WatchKwargs)
+    assert list(hints) == [f.name for f in fields]
+    assert [str(hints[f.name]) for f in fields] == [
+        str(typing.get_type_hints(WatchOptions)[f.name]) for f in fields
+    ]
+    for module, _ in [p.values for p in CALLBACKS if "keras" not in p.values[0]]:
+        init = importlib.import_module(module).WeightWatcherCallback.__init__
+        written = [p.name for p in inspect.signature(init, follow_wrapped=False).parameters.values()]
+        assert init.__signature__ is not None
+        source = inspect.getsource(init)
+        assert not any(f"    {f.name}:" in source for f in fields), f"{module} spells out shared options"
+        assert written[1:] and written[-1] == "max_pending"
+
+
 @pytest.mark.parametrize(("module", "own_options"), CALLBACKS[:2])
 def test_lightning_callbacks_are_class_statements(module, own_options):
     mod = importlib.import_module(module)

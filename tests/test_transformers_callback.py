@@ -303,6 +303,37 @@ def test_two_processes_stop_at_the_same_step(tmp_path):
     assert all(math.isfinite(h["alpha"]) for h in zero["history"])
 
 
+@pytest.mark.ddp
+def test_two_processes_in_background_share_the_layers_and_stop_together(tmp_path):
+    script = Path(__file__).with_name("_hf_ddp_script.py")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_PORT")
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*command, str(script), str(tmp_path), "background"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    zero, one = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    # the analysis after step 6 says stop (rank 1); its shares are merged at step 6 if both workers were done by
+    # then, else at the next analysis point (step 8): on both processes at the same step either way
+    assert zero["stopped_step"] == one["stopped_step"] == 6  # the step of the analysis that fired
+    assert zero["global_step"] == one["global_step"] in (6, 8)
+    assert zero["stop_reason"] == "another process's rule" and one["stop_reason"].startswith(
+        "rank 1 says stop"
+    )
+    # each process's worker analyzed its share, every analysis: nothing in line, nothing on rank 0 alone
+    assert zero["submitted"] == one["submitted"] == zero["global_step"] // 2
+    assert any(line != "rank 1 analyzes layers []" for line in one["shares"])
+    assert zero["history"] == one["history"]
+    assert [h["step"] for h in zero["history"]] == list(range(2, zero["global_step"] + 1, 2))
+    assert zero["ww_logs"] == one["ww_logs"] and len(zero["ww_logs"]) == len(zero["history"])
+
+
 # ---------------------------------------------------------------------- hooks called without a Trainer
 def _bare_hooks(tmp_path, **overrides):
     from transformers import TrainerControl, TrainerState
