@@ -14,6 +14,12 @@ the size of the largest layer in float64.
 
 Run: ``python benchmarks/bench_core.py`` (about 10 minutes on 2 cores, most of it weightwatcher);
 ``--models mlp`` and ``--ww-repeats 0`` make it quick.
+
+``--solvers`` prints a second table instead: the callbacks' analysis (``traps=False``) with each eigensolver:
+numpy on the host, torch on the CPU in float64 and float32, and, on a machine with a GPU, torch on the GPU (the
+weights moved there first), with the largest relative difference of any column from the numpy path (float64) and
+of alpha (float32). ``--models llama-block`` is one block of a 7B Llama (4096x4096 x4, 4096x11008 x3), the size the
+GPU path is for.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import sys
 import time
 from collections.abc import Callable
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # weightwatcher picks its SVD at import: keep it on the CPU
+if "--solvers" not in sys.argv:  # weightwatcher picks its SVD at import: keep it on the CPU
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -81,11 +88,23 @@ def mlp_4096() -> nn.Module:
     )
 
 
+class _LlamaBlock(nn.Module):
+    """The weight shapes of one block of a 7B Llama: q, k, v, o (4096x4096), gate, up (11008x4096), down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, name, nn.Linear(4096, 4096, bias=False))
+        self.gate_proj, self.up_proj = nn.Linear(4096, 11008, bias=False), nn.Linear(4096, 11008, bias=False)
+        self.down_proj = nn.Linear(11008, 4096, bias=False)
+
+
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "mlp": mnist_mlp,
     "resnet18": resnet18,
     "bert-base": bert_base,
     "mlp-4096": mlp_4096,
+    "llama-block": _LlamaBlock,
 }
 
 
@@ -187,9 +206,66 @@ def bench(name: str, repeats: int, ww_repeats: int) -> dict[str, float]:
     return row
 
 
+def _worst_relative(
+    a: ww_callbacks.SpectralReport, b: ww_callbacks.SpectralReport, column: str | None
+) -> float:
+    """The largest relative difference between two reports' finite per-layer values (of ``column``, or all)."""
+    worst = 0.0
+    for x, y in zip(a.layers, b.layers, strict=True):
+        row_a, row_b = x.to_row(), y.to_row()
+        for key in [column] if column else list(row_a):
+            u, v = row_a[key], row_b[key]
+            if isinstance(u, float) and isinstance(v, float) and np.isfinite(u) and np.isfinite(v) and u:
+                worst = max(worst, abs(u - v) / abs(u))
+    return worst
+
+
+def bench_solvers(name: str, repeats: int) -> list[tuple[str, float, float, float]]:
+    """(solver, seconds per analysis, its speed-up over numpy, worst relative difference) for one model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MODELS[name]().eval()
+    options = {"seed": 0, "traps": False}
+    runs = [("numpy", model, {"eigensolver": "numpy"}), ("torch cpu f64", model, {"eigensolver": "torch"})]
+    runs.append(("torch cpu f32", model, {"eigensolver": "torch", "eigen_dtype": "float32"}))
+    if torch.cuda.is_available():
+        gpu = MODELS[name]().eval()
+        gpu.load_state_dict(model.state_dict())
+        gpu = gpu.cuda()
+        runs.append(("torch gpu f64", gpu, {"eigensolver": "torch"}))
+        runs.append(("torch gpu f32", gpu, {"eigensolver": "torch", "eigen_dtype": "float32"}))
+        torch.cuda.synchronize()
+    reference = ww_callbacks.analyze(model, **options, eigensolver="numpy")
+    rows = []
+    for label, net, extra in runs:
+        report = ww_callbacks.analyze(net, **options, **extra)  # warm-up (and the numbers)
+        seconds = _median_time(
+            lambda net=net, extra=extra: ww_callbacks.analyze(net, **options, **extra), repeats
+        )
+        column = "alpha" if extra.get("eigen_dtype") == "float32" else None
+        rows.append((label, seconds, _worst_relative(reference, report, column)))
+    base = rows[0][1]
+    return [(label, seconds, base / seconds, diff) for label, seconds, diff in rows]
+
+
+def _print_solvers(models: list[str], repeats: int) -> None:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    print(
+        f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, {device}; the callbacks' "
+        f"analysis (randomize, traps=False), medians of {repeats} runs; difference: largest relative difference "
+        "from numpy of any column (f64) or of alpha (f32)"
+    )
+    header = f"{'model':<12} {'solver':<14} {'seconds':>9} {'vs numpy':>9} {'difference':>11}"
+    print(header)
+    print("-" * len(header))
+    for name in models:
+        for label, seconds, speedup, diff in bench_solvers(name, repeats):
+            print(f"{name:<12} {label:<14} {seconds:>9.3f} {speedup:>8.2f}x {diff:>11.1e}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS)[:4], choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=5, help="runs of ours and of the floor (median)")
     parser.add_argument(
         "--ww-repeats", type=int, default=1, help="runs of weightwatcher (median); 0 skips it"
@@ -197,10 +273,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--peak-of", choices=list(MODELS), help=argparse.SUPPRESS
     )  # internal: one measurement
+    parser.add_argument("--solvers", action="store_true", help="compare the eigensolvers instead (see above)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     if args.peak_of:
         _print_peak_of(args.peak_of)
+        return
+    if args.solvers:
+        _print_solvers(args.models, args.repeats)
         return
 
     header = (

@@ -88,11 +88,9 @@ def test_the_shared_options_are_declared_once():
     ]
     for module, _ in [p.values for p in CALLBACKS if "keras" not in p.values[0]]:
         init = importlib.import_module(module).WeightWatcherCallback.__init__
-        written = [p.name for p in inspect.signature(init, follow_wrapped=False).parameters.values()]
-        assert init.__signature__ is not None
+        assert [p.name for p in init.__signature__.parameters.values()][-1] == fields[-1].name
         source = inspect.getsource(init)
         assert not any(f"    {f.name}:" in source for f in fields), f"{module} spells out shared options"
-        assert written[1:] and written[-1] == "max_pending"
 
 
 @pytest.mark.parametrize(("module", "own_options"), CALLBACKS[:2])

@@ -6,6 +6,7 @@ this function and adds only scheduling, state and logging.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -44,6 +45,8 @@ def analyze(
     n_jobs: int | None = None,
     collective: Collective | None = None,
     shard_layers: bool = True,
+    eigensolver: str = _DEFAULTS.eigensolver,
+    eigen_dtype: str = _DEFAULTS.eigen_dtype,
 ) -> SpectralReport:
     """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
 
@@ -78,6 +81,13 @@ def analyze(
         collective, shard_layers: share the layers with the other ranks (`ww_callbacks.distributed`): a
             collective call, each rank gets the single-process report. DTensor weights (FSDP2, tensor parallel)
             take torch.distributed's world by default, like ``full_tensor()``; a shard is never analyzed.
+        eigensolver: where the eigenvalues are computed: ``"numpy"`` (on the host: torch tensors are copied
+            off their device), ``"torch"`` (``torch.linalg`` on the weights' own device, a GPU's included; numpy
+            arrays become CPU tensors) or ``"auto"`` (the default: torch for tensors on an accelerator, numpy
+            otherwise, which is faster on a CPU). Both give the same numbers (the same shuffles; eigenvalues
+            equal to rounding).
+        eigen_dtype: ``"float64"`` (default) or ``"float32"`` (torch only: faster on GPUs, eigenvalues to about
+            1e-6 relative instead of 1e-15; see docs/benchmarks.md for the measured difference).
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -86,15 +96,8 @@ def analyze(
         >>> report.layers[0].status
         'success'
     """
-    opts = AnalysisOptions(
-        randomize=randomize,
-        mp_fit=mp_fit,
-        min_evals=min_evals,
-        max_evals=max_evals,
-        max_N=max_N,
-        n_random=n_random,
-        traps=traps,
-    )
+    names = [f.name for f in dataclasses.fields(AnalysisOptions)]
+    opts = AnalysisOptions(**{name: value for name, value in locals().items() if name in names})
     rng = np.random.default_rng(seed) if rng is None else rng
     if is_path(model) and is_model_directory(model):
         return _analyze_stream(model, layers=layers, rng=rng, opts=opts)

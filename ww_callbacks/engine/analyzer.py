@@ -89,7 +89,13 @@ class Analyzer:
         opts = self.options
         fields = {f.name for f in dataclasses.fields(AnalysisOptions)}
         extra = {k: v for k, v in (opts.analyze_kwargs or {}).items() if k in fields}
-        return AnalysisOptions(randomize=opts.randomize, mp_fit=opts.mp_fit, n_random=opts.n_random, **extra)
+        return AnalysisOptions(
+            randomize=opts.randomize,
+            mp_fit=opts.mp_fit,
+            n_random=opts.n_random,
+            eigensolver=opts.eigensolver,
+            **extra,
+        )
 
     def analyze(
         self, model: Any, *, rng: np.random.Generator, epoch: int, collective: Collective | None = None
@@ -119,6 +125,7 @@ class Analyzer:
                     rng=rng,
                     collective=collective,
                     shard_layers=opts.shard_layers,
+                    eigensolver=opts.eigensolver,
                     **(opts.analyze_kwargs or {}),
                 )
         except Exception as exc:

@@ -44,6 +44,7 @@ OWN_ANALYZE_OPTIONS = (
     "n_random",
     "collective",
     "shard_layers",
+    "eigensolver",
 )
 
 HistoryPath = str | os.PathLike[str] | bool | None
@@ -86,6 +87,8 @@ class WatchOptions:
             belong to, and a stopping decision takes effect at the next hook. Same numbers as ``False``.
         max_pending: analyses queued or running in the worker at most; at an analysis point with that many
             pending, training waits for the oldest (counted in the history's ``background_waits``).
+        eigensolver: ``"auto"`` (torch on the weights' accelerator, numpy on the CPU), ``"numpy"`` or
+            ``"torch"``: where the eigenvalues are computed (`ww_callbacks.analyze`); the same numbers either way.
 
     Example:
         >>> WatchOptions(history_path=3)
@@ -113,6 +116,7 @@ class WatchOptions:
     shard_layers: bool = True
     background: bool = False
     max_pending: int = 1
+    eigensolver: str = "auto"
 
     def __post_init__(self) -> None:
         if self.every_n_epochs is not None and int(self.every_n_epochs) < 1:
@@ -121,6 +125,8 @@ class WatchOptions:
             raise ValueError(f"max_pending must be >= 1, got {self.max_pending}")
         if self.n_random < 1:
             raise ValueError(f"n_random must be >= 1, got {self.n_random}")
+        if self.eigensolver not in ("auto", "numpy", "torch"):
+            raise ValueError(f"eigensolver must be 'auto', 'numpy' or 'torch', got {self.eigensolver!r}")
         if self.media_every_n_epochs is not None and int(self.media_every_n_epochs) < 0:
             raise ValueError(f"media_every_n_epochs must be >= 0 or None, got {self.media_every_n_epochs}")
         _check_history_path(self.history_path)
@@ -155,6 +161,7 @@ class WatchOptions:
             "shard_layers": bool(self.shard_layers),
             "background": bool(self.background),
             "max_pending": int(self.max_pending),
+            "eigensolver": str(self.eigensolver),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)

@@ -70,6 +70,7 @@ class WatchKwargs(TypedDict, total=False):
     shard_layers: bool
     background: bool
     max_pending: int
+    eigensolver: str
 
 
 def _field_parameter(f: dataclasses.Field[Any], kind: Any) -> inspect.Parameter:

@@ -31,11 +31,30 @@ SVD_FALLBACK_MAX_SIDE = 2048
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def on_host_as_numpy(stack: Any) -> Any:
-    """A CPU torch tensor as a numpy view (numpy's LAPACK path is faster than torch's on the CPU, most of all for
-    the small matrices of typical layers); tensors on an accelerator stay where they are."""
-    if is_torch_tensor(stack) and stack.device.type == "cpu":
-        return stack.detach().numpy()
+#: The eigensolvers: numpy on the host, torch where the weights live, or torch only for accelerator tensors.
+EIGENSOLVERS = ("auto", "numpy", "torch")
+
+
+def for_solver(stack: Any, eigensolver: str = "auto") -> Any:
+    """``stack`` in the library that computes its eigenvalues.
+
+    ``"numpy"``: a numpy array on the host (a torch tensor is copied off its device). ``"torch"``: a torch tensor
+    on the weights' own device (numpy arrays become CPU tensors without a copy). ``"auto"``: torch for tensors on
+    an accelerator, numpy otherwise: a CPU torch tensor becomes a numpy view (numpy's LAPACK path is faster than
+    torch's on the CPU, most of all for the many small matrices of typical layers).
+
+    Example:
+        >>> for_solver(np.eye(2)[None]).shape
+        (1, 2, 2)
+    """
+    if eigensolver == "torch":
+        if is_torch_tensor(stack):
+            return stack.detach()
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(stack))
+    if is_torch_tensor(stack) and (eigensolver == "numpy" or stack.device.type == "cpu"):
+        return stack.detach().cpu().numpy()
     return stack
 
 
@@ -61,12 +80,13 @@ def to_float64(stack: Any, scale: float = 1.0) -> Any:
     return out
 
 
-def slice_eigenvalues(stack: Any, scale: float = 1.0) -> np.ndarray:
+def slice_eigenvalues(stack: Any, scale: float = 1.0, dtype: str = "float64") -> np.ndarray:
     """Eigenvalues of ``scale * slice`` for every slice of ``(rf, rows, cols)``: ``(rf, min(rows, cols))``, ascending.
 
-    Computed in float64 whatever the input dtype. Large slices never exist in float64 as a whole: their Gram
-    matrix is accumulated block by block (a symmetric rank-k update, half the flops of a matrix product) and
-    diagonalized in place, so the peak memory is about one Gram matrix plus one block.
+    Computed in float64 whatever the input dtype (``dtype="float32"``: in float32, torch tensors only, returned
+    as float64). numpy: large slices never exist in float64 as a whole: their Gram matrix is accumulated block by
+    block (a symmetric rank-k update, half the flops of a matrix product) and diagonalized in place, so the peak
+    memory is about one Gram matrix plus one block. torch: on the tensor's device; only the eigenvalues come back.
 
     Example:
         >>> slice_eigenvalues(np.diag([3.0, 4.0])[None])
@@ -74,17 +94,7 @@ def slice_eigenvalues(stack: Any, scale: float = 1.0) -> np.ndarray:
     """
     rows, cols = int(stack.shape[-2]), int(stack.shape[-1])
     if is_torch_tensor(stack):
-        import torch
-
-        with torch.no_grad():
-            w = to_float64(stack, scale)
-            gram = w.mT @ w if rows >= cols else w @ w.mT
-            evals = torch.linalg.eigvalsh(gram).cpu().numpy()
-            del gram
-            bad = _ill_conditioned(evals)
-            if bad.any():
-                idx = torch.from_numpy(np.flatnonzero(bad)).to(w.device)
-                evals[bad] = torch.linalg.svdvals(w[idx]).square().flip(-1).cpu().numpy()
+        evals = _torch_eigenvalues(stack, scale, dtype)
     elif rows * cols >= BLOCKED_MIN_ENTRIES:
         evals = np.stack([_blocked_gram_eigenvalues(np.asarray(s), scale) for s in stack])
         bad = _ill_conditioned(evals)
@@ -104,6 +114,25 @@ def slice_eigenvalues(stack: Any, scale: float = 1.0) -> np.ndarray:
             )
     # rounding can leave tiny negative eigenvalues of (numerically) singular slices
     return np.maximum(np.asarray(evals, dtype=np.float64), 0.0)
+
+
+def _torch_eigenvalues(stack: Any, scale: float, dtype: str) -> np.ndarray:
+    """The Gram route in torch, on the tensor's device, in ``dtype``; numerically rank-deficient slices by SVD."""
+    import torch
+
+    rows, cols = int(stack.shape[-2]), int(stack.shape[-1])
+    with torch.no_grad():
+        w = stack.to(dtype=torch.float32 if dtype == "float32" else torch.float64)
+        if scale != 1.0:
+            w = w * scale
+        gram = w.mT @ w if rows >= cols else w @ w.mT
+        evals = torch.linalg.eigvalsh(gram).double().cpu().numpy()
+        del gram
+        bad = _ill_conditioned(evals, float(torch.finfo(w.dtype).eps))
+        if bad.any():
+            idx = torch.from_numpy(np.flatnonzero(bad)).to(w.device)
+            evals[bad] = torch.linalg.svdvals(w[idx]).double().square().flip(-1).cpu().numpy()
+    return evals
 
 
 def _batched_eigenvalues(stack: Any, scale: float) -> np.ndarray:
@@ -137,9 +166,9 @@ def _blocked_gram_eigenvalues(w: np.ndarray, scale: float) -> np.ndarray:
     return eigh(gram, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
 
 
-def _ill_conditioned(evals: np.ndarray) -> np.ndarray:
+def _ill_conditioned(evals: np.ndarray, eps: float = _EPS) -> np.ndarray:
     n = evals.shape[1]
-    noise = n * _EPS * evals[:, -1]
+    noise = n * eps * evals[:, -1]
     return (evals[:, 0] < RANK_DEFICIENT_MARGIN * noise) & (n <= SVD_FALLBACK_MAX_SIDE)
 
 
@@ -153,16 +182,16 @@ def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int, *, in_pla
     if is_torch_tensor(stack):
         import torch
 
-        # a torch generator seeded from ours: reproducible, on the tensor's device, global RNG untouched
-        gen = torch.Generator(device=stack.device)
-        gen.manual_seed(int(rng.integers(0, 2**63 - 1)))
+        # The permutations numpy would apply, drawn from our generator and applied on the tensor's device: the
+        # torch path shuffles exactly as the numpy path does (the draws depend on the generator and the slice size
+        # only), so both give the same randomized columns.
         flat = stack.reshape(rf, rows * cols)
-        out = []
-        for _ in range(copies):
-            for s in range(rf):
-                perm = torch.randperm(rows * cols, generator=gen, device=stack.device)
-                out.append(flat[s][perm])
-        return torch.stack(out).reshape(copies * rf, rows, cols)
+        order = np.broadcast_to(np.arange(rows * cols), (rf, rows * cols))
+        out = [
+            torch.gather(flat, 1, torch.from_numpy(rng.permuted(order, axis=1)).to(stack.device))
+            for _ in range(copies)
+        ]
+        return torch.cat(out).reshape(copies * rf, rows, cols)
     flat = np.asarray(stack).reshape(rf, rows * cols)
     if in_place and copies == 1 and flat.flags.writeable:
         return rng.permuted(flat, axis=1, out=flat).reshape(rf, rows, cols)
@@ -173,7 +202,13 @@ def shuffled_copies(stack: Any, rng: np.random.Generator, copies: int, *, in_pla
 
 
 def shuffled_eigenvalues(
-    stack: Any, rng: np.random.Generator, copies: int, scale: float = 1.0, *, in_place: bool = False
+    stack: Any,
+    rng: np.random.Generator,
+    copies: int,
+    scale: float = 1.0,
+    *,
+    in_place: bool = False,
+    dtype: str = "float64",
 ) -> np.ndarray:
     """``slice_eigenvalues(shuffled_copies(stack, rng, copies), scale)``, the same numbers with less work.
 
@@ -191,7 +226,7 @@ def shuffled_eigenvalues(
     """
     rf, rows, cols = (int(s) for s in stack.shape)
     if is_torch_tensor(stack) or rows * cols >= BLOCKED_MIN_ENTRIES:
-        return slice_eigenvalues(shuffled_copies(stack, rng, copies, in_place=in_place), scale)
+        return slice_eigenvalues(shuffled_copies(stack, rng, copies, in_place=in_place), scale, dtype)
     flat = np.asarray(stack).reshape(rf, rows * cols)
     per_chunk = max(1, CHUNK_BYTES // (8 * rows * cols))
     parts = []

@@ -74,17 +74,19 @@ def _random_esds(lw: LayerWeights, rng: Any, opts: AnalysisOptions) -> tuple[np.
         rep = None
         if replicas:
             first = esd.shuffled_copies_legacy(lw.matrices, rng, replicas)
-            rep = esd.slice_eigenvalues(first, lw.scale)
+            rep = esd.slice_eigenvalues(first, lw.scale, opts.eigen_dtype)
             del first
         second = esd.shuffled_copies_legacy(lw.matrices, rng, opts.n_random)
-        dist = _pooled(esd.slice_eigenvalues(second, lw.scale), opts.n_random)
+        dist = _pooled(esd.slice_eigenvalues(second, lw.scale, opts.eigen_dtype), opts.n_random)
     else:
         # any draw is as good as a fresh one: reuse the replicas for the distance (one shuffle per slice for
         # large layers, where the eigenvalues dominate the cost)
         draws = max(replicas, opts.n_random)
         # a gathered copy of a sharded layer (``extra["disposable"]``) is not needed after this: shuffle it
         disposable = bool(lw.extra.get("disposable"))
-        evals = esd.shuffled_eigenvalues(lw.matrices, rng, draws, lw.scale, in_place=disposable)
+        evals = esd.shuffled_eigenvalues(
+            lw.matrices, rng, draws, lw.scale, in_place=disposable, dtype=opts.eigen_dtype
+        )
         rep = evals[: replicas * lw.matrices.shape[0]] if replicas else None
         dist = _pooled(evals, draws)[: opts.n_random]
     return (None if rep is None else np.sort(rep.ravel())), dist
@@ -130,7 +132,7 @@ def analyze_layer(lw: LayerWeights, *, rng: Any, opts: AnalysisOptions) -> Layer
         res.status, res.reason = STATUS_ERROR, "sharded weight not gathered (analyze it on every rank)"
         return res
     try:
-        matrices = esd.on_host_as_numpy(lw.matrices)
+        matrices = esd.for_solver(lw.matrices, opts.eigensolver)
         if matrices is not lw.matrices:
             lw = dataclasses.replace(lw, matrices=matrices)
         _fill(res, lw, rng, opts)
@@ -144,7 +146,7 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
     if not esd.all_finite(lw.matrices):
         res.status, res.reason = STATUS_NON_FINITE, "weights contain NaN or Inf"
         return
-    slice_evals = esd.slice_eigenvalues(lw.matrices, lw.scale)
+    slice_evals = esd.slice_eigenvalues(lw.matrices, lw.scale, opts.eigen_dtype)
     evals = np.sort(slice_evals.ravel())
     res.evals = evals
     res.num_evals = int(evals.size)

@@ -31,10 +31,18 @@ class AnalysisOptions:
     max_N: int = 50000
     n_random: int = 1
     traps: bool = True
+    eigensolver: str = "auto"
+    eigen_dtype: str = "float64"
 
     def __post_init__(self) -> None:
         if self.n_random < 1:
             raise ValueError(f"n_random must be >= 1, got {self.n_random}")
+        if self.eigensolver not in ("auto", "numpy", "torch"):
+            raise ValueError(f"eigensolver must be 'auto', 'numpy' or 'torch', got {self.eigensolver!r}")
+        if self.eigen_dtype not in ("float64", "float32"):
+            raise ValueError(f"eigen_dtype must be 'float64' or 'float32', got {self.eigen_dtype!r}")
+        if self.eigen_dtype == "float32" and self.eigensolver == "numpy":
+            raise ValueError("eigen_dtype='float32' is for the torch eigensolver; numpy computes in float64")
 
     def as_dict(self) -> dict[str, Any]:
         """The options as a plain dict (``SpectralReport.options``)."""
