@@ -91,13 +91,15 @@ def loaders(
     return train, val
 
 
-def classifier_module(net: Any, make_optimizer: Callable[[Any], Any], *, log_train_loss: bool = False) -> Any:
+def classifier_module(
+    net: Any, make_optimizer: Callable[[Any], Any], *, log_train_loss: bool = False, track_train: bool = False
+) -> Any:
     """A ``lightning.pytorch.LightningModule`` training ``net`` with cross-entropy.
 
     ``make_optimizer(parameters)`` gives the optimizer (or Lightning's optimizer/scheduler configuration).
     Validation logs ``val_loss`` and ``val_acc`` (so ``trainer.callback_metrics`` has them) and keeps them in
-    ``module.val``; ``module.train_sums`` holds (loss x n, correct, n) over the epoch's training batches.
-    ``log_train_loss`` also logs the epoch's mean training loss, as most users do.
+    ``module.val``. ``track_train``: ``module.train_sums`` holds (loss x n, correct, n) over the epoch's training
+    batches (a host sync per step). ``log_train_loss`` also logs the epoch's mean training loss.
     """
     import lightning as L
     import torch
@@ -120,8 +122,9 @@ def classifier_module(net: Any, make_optimizer: Callable[[Any], Any], *, log_tra
             x, y = batch
             logits = self.net(x)
             loss = nn.functional.cross_entropy(logits, y)
-            with torch.no_grad():
-                self.train_sums += (float(loss) * len(y), float((logits.argmax(1) == y).sum()), len(y))
+            if track_train:
+                with torch.no_grad():
+                    self.train_sums += (float(loss) * len(y), float((logits.argmax(1) == y).sum()), len(y))
             if log_train_loss:
                 self.log("train_loss", loss, on_step=False, on_epoch=True)
             return loss

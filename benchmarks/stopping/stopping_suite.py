@@ -245,7 +245,7 @@ def train_lightning(spec: RunSpec, history_path: Path) -> list[dict[str, float]]
     L.seed_everything(spec.seed, verbose=False)
     net = _torch_model(spec)  # before the data, as the recorded runs did
     train, val, optimizer = _torch_data(spec)
-    module = classifier_module(net, optimizer)
+    module = classifier_module(net, optimizer, track_train=True)
     epochs: list[dict[str, float]] = []
 
     class Recorder(L.Callback):

@@ -181,7 +181,9 @@ class SpectralMonitor:
         return self.analyzer.analyze(model, rng=rng, epoch=epoch, collective=collective)
 
     # ------------------------------------------------------------------ results
-    def metrics_from(self, report: SpectralReport) -> dict[str, float]:
+    def metrics_from(
+        self, report: SpectralReport, summary: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         """The scalars to log for ``report``: ``{prefix}{metric}`` (+ per layer); non-finite values left out.
 
         Example:
@@ -190,7 +192,7 @@ class SpectralMonitor:
             ['ww/alpha', 'ww/fc/alpha']
         """
         out, missing = report_scalars(
-            report, metrics=self.metrics, prefix=self.prefix, per_layer=self.per_layer
+            report, metrics=self.metrics, prefix=self.prefix, per_layer=self.per_layer, summary=summary
         )
         if missing and report.layers:  # no layer at all was already reported by `analyze`
             self.analyzer.warn_once(
@@ -222,9 +224,10 @@ class SpectralMonitor:
         """
         if report is None:
             return MonitorResult(epoch=epoch, step=step)
-        self.state.add(report, epoch=epoch, step=step)
+        summary = report.summary  # once: the history and the logged scalars share it
+        self.state.add(report, epoch=epoch, step=step, summary=summary)
         decision = self._decide(report, epoch)
-        return MonitorResult(self.metrics_from(report), report, decision, epoch=epoch, step=step)
+        return MonitorResult(self.metrics_from(report, summary), report, decision, epoch=epoch, step=step)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
         """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there."""

@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ..spectral.catalog import SUMMARY_COUNTS
 from ..spectral.report import SpectralReport
@@ -21,11 +21,17 @@ __all__ = ["report_scalars", "scalar_keys"]
 
 
 def report_scalars(
-    report: SpectralReport, *, metrics: Sequence[str], prefix: str, per_layer: bool
+    report: SpectralReport,
+    *,
+    metrics: Sequence[str],
+    prefix: str,
+    per_layer: bool,
+    summary: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    """(the finite scalars to log, the summary metrics left out because they are not finite)."""
+    """(the finite scalars to log, the summary metrics left out because they are not finite); ``summary``:
+    ``report.summary`` when the caller has it already."""
     out: dict[str, float] = {}
-    summary = report.summary
+    summary = report.summary if summary is None else summary
     missing = []
     for metric in metrics:
         value = float(summary.get(metric, math.nan))

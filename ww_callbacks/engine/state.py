@@ -50,7 +50,9 @@ class RunState:
     stop_reason: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
-    def add(self, report: SpectralReport, *, epoch: int, step: int) -> dict[str, Any]:
+    def add(
+        self, report: SpectralReport, *, epoch: int, step: int, summary: Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
         """Remember ``report`` as the analysis of ``epoch`` (at ``step``) and return its history entry.
 
         Example:
@@ -59,7 +61,7 @@ class RunState:
         """
         self.last_report = report
         entry: dict[str, Any] = {"epoch": int(epoch), "step": int(step)}
-        entry.update({k: float(v) for k, v in report.summary.items()})
+        entry.update({k: float(v) for k, v in (report.summary if summary is None else summary).items()})
         entry.update(
             num_summarized=report.num_summarized, num_layers=len(report.layers), elapsed=float(report.elapsed)
         )
