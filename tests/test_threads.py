@@ -48,7 +48,9 @@ def threads_seen(monkeypatch):
 
     def spying(real):
         def spy(w, scale):
-            seen.append((tuple(int(s) for s in np.shape(w)[-2:]), _blas_threads()))
+            # the BLAS threads, or, for a layer that pays for threads, the threads of its tiled Gram products
+            threads = _blas_threads() if _threads.product_threads() == 1 else {_threads.product_threads()}
+            seen.append((tuple(int(s) for s in np.shape(w)[-2:]), threads))
             return real(w, scale)
 
         return spy
@@ -73,6 +75,7 @@ def test_small_layers_run_on_one_blas_thread_and_nothing_global_changes(two_blas
 
 
 def test_large_layers_get_the_users_threads_back(two_blas_threads, threads_seen):
+    # (for their Gram products, computed in tiles on that many threads; BLAS itself stays on one thread)
     rows, cols = _large_shape()
     rng = np.random.default_rng(0)
     weights = {"big.weight": rng.standard_normal((rows, cols)), "small.weight": rng.standard_normal((64, 32))}
@@ -141,3 +144,60 @@ def test_results_do_not_depend_on_the_users_thread_setting():
         return [{k: str(v) for k, v in row.items()} for row in report.to_rows()]  # NaN == NaN as text
 
     assert rows(1) == rows(2)
+
+
+def _threads_at_calls(monkeypatch) -> dict[str, list]:
+    """The threads each tiled Gram product (`product_threads`) and each eigensolver (BLAS threads) ran with."""
+    seen: dict[str, list] = {"product": [], "eigensolver": []}
+    gram, eigvalsh = esd._gram, np.linalg.eigvalsh
+
+    def counted_gram(*args, **kwargs):
+        seen["product"].append(_threads.product_threads())
+        return gram(*args, **kwargs)
+
+    def counted_eig(*args, **kwargs):
+        seen["eigensolver"].append(_blas_threads())
+        return eigvalsh(*args, **kwargs)
+
+    monkeypatch.setattr(esd, "_gram", counted_gram)
+    monkeypatch.setattr(esd.np.linalg, "eigvalsh", counted_eig)
+    return seen
+
+
+def test_a_background_cap_limits_only_the_products_and_changes_no_number(two_blas_threads, monkeypatch):
+    rows, side = _large_shape()
+    weights = {"big.weight": np.random.default_rng(4).standard_t(4, size=(rows, side))}
+    free = ww_callbacks.analyze(weights, seed=0, traps=False)
+    seen = _threads_at_calls(monkeypatch)
+    with _threads.capped_threads(lambda: 1):
+        capped = ww_callbacks.analyze(weights, seed=0, traps=False)
+    # products capped to one thread; the eigensolver below EIG_PARALLEL_MIN_SIDE on one in both modes
+    assert side < _threads.EIG_PARALLEL_MIN_SIDE
+    assert seen["product"] and all(threads == 1 for threads in seen["product"])
+    assert seen["eigensolver"] and all(threads == {1} for threads in seen["eigensolver"])
+    np.testing.assert_equal(free.to_rows(), capped.to_rows())  # exactly the same numbers (NaN == NaN)
+    assert _blas_threads() == {2}
+
+
+def test_without_a_cap_large_layers_multiply_with_the_users_threads(two_blas_threads, monkeypatch):
+    rows, side = _large_shape()
+    seen = _threads_at_calls(monkeypatch)
+    ww_callbacks.analyze({"big.weight": np.ones((rows, side)) + np.eye(rows, side)}, seed=0, traps=False)
+    assert seen["product"] and all(threads == 2 for threads in seen["product"])
+    assert all(threads == {1} for threads in seen["eigensolver"])  # the same as under a cap: the same numbers
+
+
+def test_a_background_analysis_on_capped_threads_gives_the_synchronous_numbers():
+    # (no limits context here: OpenBLAS 0.3.30 ignores limits set by the worker thread while another thread holds
+    # one, which training never does)
+    from ww_callbacks.engine import SpectralMonitor
+
+    rows, side = _large_shape()
+    weights = {"big.weight": np.random.default_rng(5).standard_normal((rows, side))}
+    monitor = SpectralMonitor(seed=0, background=True, per_layer=True)
+    monitor.background.threads = 1  # as on a machine whose cores torch all uses
+    monitor.background.submit(weights, epoch=0)
+    assert monitor.background.finish(timeout=120)
+    assert monitor.background.training is False  # the caller waited: the cap is lifted
+    sync = SpectralMonitor(seed=0, per_layer=True).run(weights, epoch=0)
+    assert [r.metrics for r in monitor.background.collect()] == [sync.metrics]

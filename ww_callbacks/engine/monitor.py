@@ -226,8 +226,8 @@ class SpectralMonitor:
             return MonitorResult(epoch=epoch, step=step)
         summary = report.summary  # once: the history and the logged scalars share it
         self.state.add(report, epoch=epoch, step=step, summary=summary)
-        decision = self._decide(report, epoch)
-        return MonitorResult(self.metrics_from(report, summary), report, decision, epoch=epoch, step=step)
+        metrics = self.metrics_from(report, summary)
+        return MonitorResult(metrics, report, self._decide(report, epoch), epoch=epoch, step=step)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
         """Send ``result``'s report to the open sinks; ``is_last`` only when training really ends there."""
@@ -308,12 +308,7 @@ class SpectralMonitor:
 
     # ------------------------------------------------------------------ sinks
     def resolve_wandb_run(self, candidate: Any = None) -> Any:
-        """The W&B run to log to (`RunSinks.resolve_wandb_run`; None with ``log_wandb=False``).
-
-        Example:
-            >>> SpectralMonitor(seed=0, log_wandb=False).resolve_wandb_run() is None
-            True
-        """
+        """The W&B run to log to (`RunSinks.resolve_wandb_run`; None with ``log_wandb=False``)."""
         if not self.options.log_wandb:
             return None
         return self.sinks.resolve_wandb_run(candidate, init_kwargs=self.options.wandb_init_kwargs)

@@ -5,8 +5,9 @@ framework's (torch's OpenMP, TensorFlow's Eigen, XLA). A multi-threaded call on 
 and after it they spin waiting for more work, on the very cores the training threads need: with OpenBLAS's Haswell
 kernels (what AVX2 CPUs run) the callback made the rest of a small training run more than twice slower, while its
 own hook took 10 ms per epoch. Small matrices do not pay for threads anyway, so the analysis runs with one BLAS
-thread and gives a layer the user's own number of threads back only where its matrices are large enough to use
-them (`threads_pay`). Nothing global is left changed: the user's limits are restored when the analysis ends, and
+thread; a layer whose matrices are large enough (`threads_pay`) computes its Gram matrices in tiles on the user's
+number of threads (each tile a single-threaded product: the same numbers on any number of threads, see
+`ww_callbacks.spectral.esd`) and gives its eigensolver the user's BLAS threads from 2048 rows on, where they pay. Nothing global is left changed: the user's limits are restored when the analysis ends, and
 an analysis never raises a limit above the user's.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,13 @@ PARALLEL_MIN_SIDE = 384
 #: ... and this many flops (``rows * cols * min(rows, cols)``: its Gram matrix and diagonalization).
 PARALLEL_MIN_FLOPS = 1 << 27
 
+#: A symmetric eigensolver gets more than one thread only from this size on: below it threads gain little (768:
+#: 1.15x, 1024: 1.4x on 2 cores) and, unlike products, its result depends on the thread count.
+EIG_PARALLEL_MIN_SIDE = 2048
+
 _lock = threading.Lock()
 _controller: Any = None  # threadpoolctl controller of the BLAS libraries, built once; False if unavailable
+_local = threading.local()  # per thread: the cap a background worker puts on its layers' threads
 
 
 def _blas_controller() -> Any:
@@ -48,6 +54,56 @@ def _blas_controller() -> Any:
                     log.debug("no BLAS thread control (%r)", exc)
                     _controller = False
     return _controller or None
+
+
+@contextlib.contextmanager
+def capped_threads(limit: Callable[[], int | None]) -> Iterator[None]:
+    """Inside the block (in this thread), the Gram products of a layer run on at most ``limit()`` threads, asked
+    again at each product (None: no cap). A background worker uses it to leave the training threads their cores
+    while training runs, and to take them all once training waits for it. The numbers do not change: the products
+    are computed in fixed tiles whatever the thread count (`ww_callbacks.spectral.esd`), and the eigensolvers keep
+    the threads a synchronous analysis gives them (`for_eigensolver`).
+
+    Example:
+        >>> with capped_threads(lambda: 1):
+        ...     product_threads()
+        1
+    """
+    previous = getattr(_local, "cap", None)
+    _local.cap = limit
+    try:
+        yield
+    finally:
+        _local.cap = previous
+
+
+def layer_pays() -> bool:
+    """Whether the current layer pays for threads (`AnalysisThreads.for_slices`): its Gram products are then
+    computed in tiles, in a synchronous analysis and a background one alike, whatever the cap."""
+    return getattr(_local, "layer_threads", 1) > 1
+
+
+def product_threads() -> int:
+    """How many threads the current layer's Gram products may use: the user's BLAS threads for a layer that
+    `threads_pay`, else one; at most the cap of `capped_threads`."""
+    threads = getattr(_local, "layer_threads", 1)
+    cap = getattr(_local, "cap", None)
+    most = None if cap is None else cap()
+    return max(1, threads if most is None else min(threads, most))
+
+
+@contextlib.contextmanager
+def for_eigensolver(side: int) -> Iterator[None]:
+    """Around a symmetric eigensolver (or SVD) of size ``side``: one BLAS thread below `EIG_PARALLEL_MIN_SIDE`,
+    the user's threads from it on for a layer that `threads_pay`, in a synchronous analysis and a background one
+    alike (the result depends on the thread count: both must give the same numbers)."""
+    threads = getattr(_local, "layer_threads", 1)
+    controller = _blas_controller()
+    if side < EIG_PARALLEL_MIN_SIDE or controller is None or threads <= 1:
+        yield
+        return
+    with controller.limit(limits=_local.user_limits):
+        yield
 
 
 def threads_pay(slice_shape: tuple[int, int]) -> bool:
@@ -94,9 +150,14 @@ class AnalysisThreads:
 
     @contextlib.contextmanager
     def for_slices(self, slice_shape: tuple[int, int]) -> Iterator[None]:
-        """The user's number of BLAS threads inside the block when `threads_pay` for these slices."""
+        """Inside the block, the layer may use the user's number of threads when `threads_pay` for its slices:
+        its Gram products on that many threads (`product_threads`), its large eigensolvers with that many BLAS
+        threads (`for_eigensolver`); BLAS itself stays on one thread otherwise."""
         if self._limiter is None or not threads_pay(slice_shape):
             yield
             return
-        with self._controller.limit(limits=self._user):
+        _local.layer_threads, _local.user_limits = max(self._user.values(), default=1), self._user
+        try:
             yield
+        finally:
+            _local.layer_threads = 1

@@ -11,10 +11,14 @@ eigenvalues come back.
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ._threads import for_eigensolver, layer_pays, product_threads
 from .frameworks import is_torch_tensor
 
 #: Slices with at least this many entries take the blocked Gram route (no whole float64 copy).
@@ -28,6 +32,8 @@ CHUNK_BYTES = 8 << 20
 RANK_DEFICIENT_MARGIN = 10.0
 #: ...unless their smaller side exceeds this: an SVD that large costs several Gram routes (13 s vs 4 s at 4096).
 SVD_FALLBACK_MAX_SIDE = 2048
+#: Height of the row tiles in which the Gram matrices of layers that pay for threads are computed.
+GRAM_TILE = 256
 _EPS = float(np.finfo(np.float64).eps)
 
 
@@ -99,7 +105,8 @@ def slice_eigenvalues(stack: Any, scale: float = 1.0, dtype: str = "float64") ->
         evals = np.stack([_blocked_gram_eigenvalues(np.asarray(s), scale) for s in stack])
         bad = _ill_conditioned(evals)
         for i in np.flatnonzero(bad):
-            evals[i] = np.linalg.svd(to_float64(np.asarray(stack[i]), scale), compute_uv=False)[::-1] ** 2
+            with for_eigensolver(min(rows, cols)):
+                evals[i] = np.linalg.svd(to_float64(np.asarray(stack[i]), scale), compute_uv=False)[::-1] ** 2
     else:
         # batched over slices, a chunk at a time so that the float64 copies stay small
         per_chunk = max(1, CHUNK_BYTES // (8 * rows * cols))
@@ -139,31 +146,75 @@ def _batched_eigenvalues(stack: Any, scale: float) -> np.ndarray:
     w = to_float64(np.asarray(stack), scale)
     rows, cols = w.shape[-2:]
     t = np.swapaxes(w, -1, -2)
-    gram = np.matmul(t, w) if rows >= cols else np.matmul(w, t)
-    evals = np.linalg.eigvalsh(gram)
-    del gram
-    bad = _ill_conditioned(evals)
-    if bad.any():
-        evals[bad] = np.linalg.svd(w[bad], compute_uv=False)[..., ::-1] ** 2
+    if not layer_pays():  # one BLAS thread, in every mode: one batched product
+        gram = np.matmul(t, w) if rows >= cols else np.matmul(w, t)
+    else:
+        gram = _gram(w if rows >= cols else t)
+    with for_eigensolver(gram.shape[-1]):
+        evals = np.linalg.eigvalsh(gram)
+        del gram
+        bad = _ill_conditioned(evals)
+        if bad.any():
+            evals[bad] = np.linalg.svd(w[bad], compute_uv=False)[..., ::-1] ** 2
     return evals
 
 
 def _blocked_gram_eigenvalues(w: np.ndarray, scale: float) -> np.ndarray:
     """Eigenvalues of the Gram matrix of one large slice, accumulated over row blocks in float64."""
     from scipy.linalg import eigh
-    from scipy.linalg.blas import dsyrk
 
     tall = w if w.shape[0] >= w.shape[1] else w.T  # the Gram matrix is on the smaller side
     k = tall.shape[1]
-    gram = np.zeros((k, k), dtype=np.float64, order="F")
+    gram = np.zeros((k, k), dtype=np.float64)
     step = max(1, BLOCK_BYTES // (8 * k))
     for start in range(0, tall.shape[0], step):
-        block = np.array(tall[start : start + step], dtype=np.float64)  # C-ordered copy: block.T is F-ordered
+        block = np.array(tall[start : start + step], dtype=np.float64)
         if scale != 1.0:
             block *= scale
-        # gram += blockᵀ·block, upper triangle, in place
-        gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
-    return eigh(gram, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
+        _gram(
+            block[None], out=gram[None], upper=True
+        )  # gram += blockᵀ·block, upper triangle (what eigh reads)
+    with for_eigensolver(k):
+        return eigh(gram, lower=False, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd")
+
+
+def _gram(tall: np.ndarray, *, out: np.ndarray | None = None, upper: bool = False) -> np.ndarray:
+    """``tᵀ·t`` for every tall slice ``t`` of the stack ``tall`` (added to ``out`` when given; ``upper``: only the
+    parts on and above the diagonal), by row tiles of `GRAM_TILE`, each one single-threaded product, run on
+    `product_threads` threads.
+
+    The tiles depend only on the shape, never on how many threads compute them: a synchronous analysis and one in
+    a background worker (which leaves the training threads their cores) give the same numbers. A product split by
+    BLAS itself is not so: OpenBLAS splits some products' sums among its threads.
+    """
+    count, _, k = tall.shape
+    gram = np.empty((count, k, k)) if out is None else out
+
+    def tile(index: int, lo: int, hi: int) -> None:  # rows lo:hi of the Gram matrix (contiguous in memory)
+        columns = slice(lo, k) if upper else slice(0, k)
+        if out is None:  # written in place: no temporary
+            np.matmul(tall[index][:, lo:hi].T, tall[index], out=gram[index, lo:hi, :])
+        else:
+            gram[index, lo:hi, columns] += tall[index][:, lo:hi].T @ tall[index][:, columns]
+
+    spans = [
+        (lo, min(lo + GRAM_TILE, k)) for lo in range(0, k, GRAM_TILE)
+    ]  # with ``upper``: the largest first
+    jobs = [functools.partial(tile, index, lo, hi) for index in range(count) for lo, hi in spans]
+    threads = min(product_threads(), len(jobs))
+    if threads <= 1:
+        for job in jobs:
+            job()
+    else:  # numpy releases the GIL in each product
+        groups = [jobs[first::threads] for first in range(threads)]
+        list(_tile_pool().map(lambda group: [job() for job in group], groups))
+    return gram
+
+
+@functools.lru_cache(maxsize=1)
+def _tile_pool() -> ThreadPoolExecutor:
+    """The threads the tiles of large Gram matrices run on, started once (at most one per CPU are ever busy)."""
+    return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="ww-callbacks-gram")
 
 
 def _ill_conditioned(evals: np.ndarray, eps: float = _EPS) -> np.ndarray:
