@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from .distributed import StrategyCollective
+from .distributed import refuse_unsupported_strategy as _refuse_unsupported_strategy
 from .engine import EngineViews, Host, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
 from .engine.signature import Unpack, WatchKwargs, shared_options_doc, watch_options, watch_signature
@@ -263,6 +264,9 @@ class LightningHost(Host):
     def log_dir(self) -> str | None:
         return self.trainer.log_dir or self.trainer.default_root_dir  # broadcasts: every rank calls it
 
+    def balance_targets(self) -> tuple[Any, list[Any]] | None:
+        return self.trainer.lightning_module, list(self.trainer.optimizers)
+
     def wandb_run(self) -> Any:
         logger_cls = type(self._callback)._wandb_logger_cls
         for logger in self.trainer.loggers if logger_cls is not None else ():
@@ -273,21 +277,6 @@ class LightningHost(Host):
 
     def wandb_summaries_elsewhere(self, run: Any, *, owned: bool) -> bool:
         return run is not None and run is self._from_logger  # the WandbLogger gets them through `log`
-
-
-def _refuse_unsupported_strategy(strategy: Any) -> None:
-    """Strategies whose ranks hold flat local shards the callback cannot gather: fail before training starts."""
-    name = type(strategy).__name__
-    if name == "FSDPStrategy":
-        raise ValueError(
-            "WeightWatcherCallback does not support FSDPStrategy (FSDP1: flat sharded parameters); use "
-            "ModelParallelStrategy with torch.distributed.fsdp.fully_shard (FSDP2) in configure_model"
-        )
-    if name == "DeepSpeedStrategy" and getattr(strategy, "zero_stage_3", False):
-        raise ValueError(
-            "WeightWatcherCallback does not support DeepSpeedStrategy with ZeRO stage 3 (partitioned "
-            "parameters); use stage 1 or 2, or ModelParallelStrategy (FSDP2)"
-        )
 
 
 def lightning_doc(namespace: str) -> str:

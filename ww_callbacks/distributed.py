@@ -60,6 +60,7 @@ __all__ = [
     "layer_cost",
     "merge_shares",
     "process_group",
+    "refuse_unsupported_strategy",
     "share_layers",
 ]
 
@@ -420,3 +421,19 @@ def _gather_failed(lw: LayerWeights, exc: Exception) -> LayerResult:
     res = layer_result(lw)
     res.status, res.reason = STATUS_ERROR, f"gathering the sharded weight failed: {type(exc).__name__}: {exc}"
     return res
+
+
+def refuse_unsupported_strategy(strategy: Any) -> None:
+    """A Lightning strategy whose ranks hold flat local shards the analysis cannot gather (FSDP1, DeepSpeed
+    ZeRO-3): a ``ValueError`` before training starts. Known by its class name: no Lightning import here."""
+    name = type(strategy).__name__
+    if name == "FSDPStrategy":
+        raise ValueError(
+            "WeightWatcherCallback does not support FSDPStrategy (FSDP1: flat sharded parameters); use "
+            "ModelParallelStrategy with torch.distributed.fsdp.fully_shard (FSDP2) in configure_model"
+        )
+    if name == "DeepSpeedStrategy" and getattr(strategy, "zero_stage_3", False):
+        raise ValueError(
+            "WeightWatcherCallback does not support DeepSpeedStrategy with ZeRO stage 3 (partitioned "
+            "parameters); use stage 1 or 2, or ModelParallelStrategy (FSDP2)"
+        )

@@ -130,7 +130,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         **options: Unpack[WatchKwargs],
     ) -> None:
         super().__init__()
-        watch = watch_options(self, args, options)
+        watch = watch_options(self, args, options, per_variable_optimizers=False)
         if watch.history_path is True:
             raise ValueError(
                 "history_path=True asks for the default history file, but Keras has no log directory: "

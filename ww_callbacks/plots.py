@@ -36,7 +36,7 @@ except ImportError as exc:
 
 from ._util import finite_or_none
 from .history import as_records, is_per_layer, summarize_history
-from .spectral.catalog import METRICS
+from .spectral.catalog import METRICS, SUMMARY_METRICS
 from .spectral.report import LayerResult
 from .spectral.zeros import split_zeros
 
@@ -183,11 +183,15 @@ def _draw_fit_and_bulk(ax: Any, layer_result: LayerResult, evals: np.ndarray) ->
         )
 
 
+#: Balancing factors (`ww_callbacks.balance`), drawn after the metrics when the history has them.
+FACTOR_COLUMNS = ("lr_factor", "wd_factor")
+
+
 def _epoch_summaries(history: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-epoch summaries, per-layer rows or []) from any accepted history form."""
     rows = as_records(history)
     if is_per_layer(rows):
-        return summarize_history(rows), rows
+        return summarize_history(rows, metrics=(*SUMMARY_METRICS, *FACTOR_COLUMNS)), rows
     return sorted(rows, key=lambda r: r["epoch"]), []
 
 
@@ -237,8 +241,8 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
     Args:
         history: the callback's ``history`` (a list of per-epoch dicts with ``epoch`` and metric keys), the
             per-layer rows of `ww_callbacks.load_history`, or either as a pandas DataFrame.
-        metrics: which metrics to plot (default: alpha, alpha_weighted, log_spectral_norm, rand_distance; those
-            without any finite value are left out).
+        metrics: which metrics to plot (default: alpha, alpha_weighted, log_spectral_norm, rand_distance, and the
+            balancing factors ``lr_factor`` / ``wd_factor``; those without any finite value are left out).
         show_layers: draw each layer's values too, when ``history`` has per-layer rows.
 
     Returns:
@@ -254,7 +258,7 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
     if not summaries:
         raise ValueError("plot_history: the history is empty")
     explicit = metrics is not None
-    wanted = list(metrics) if metrics is not None else list(DEFAULT_HISTORY_METRICS)
+    wanted = list(metrics) if metrics is not None else [*DEFAULT_HISTORY_METRICS, *FACTOR_COLUMNS]
     epochs = np.array([s["epoch"] for s in summaries], dtype=np.float64)
 
     if explicit:

@@ -174,7 +174,7 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
 
         Example:
             >>> sorted(WeightWatcherCallback(seed=0).state_dict())[:3]
-            ['history', 'last_report', 'rule']
+            ['factors', 'history', 'last_report']
         """
         return {**self.engine.state_dict(), "stopped_step": self.stopped_step}
 
@@ -214,7 +214,9 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
             self.stopped_step = None
         self.engine.seed = int(broadcast(self.engine.seed))  # process 0's everywhere
         self._last_step = None
-        host = TrainerHost(self, args, state, control)
+        host = TrainerHost(
+            self, args, state, control, model=kwargs.get("model"), optimizer=kwargs.get("optimizer")
+        )
         self.results.begin(
             host, open_sinks=False
         )  # at the first analysis: report_to's W&B run exists by then
@@ -289,11 +291,15 @@ class TrainerHost(Host):
         args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
+        *,
+        model: Any = None,
+        optimizer: Any = None,
     ) -> None:
         self._callback = callback
         self.args, self.state, self.control = args, state, control
         self.is_main = bool(state.is_world_process_zero)
         self._collective = TorchCollective() if process_group() is not None else None
+        self._model, self._optimizer = model, optimizer
 
     def collective(self) -> TorchCollective | None:
         return self._collective
@@ -349,6 +355,11 @@ class TrainerHost(Host):
 
     def log_dir(self) -> str | None:
         return self.args.output_dir
+
+    def balance_targets(self) -> tuple[Any, list[Any]] | None:
+        if self._model is None or self._optimizer is None:
+            return None
+        return self._model, [self._optimizer]
 
     def wandb_summaries_elsewhere(self, run: Any, *, owned: bool) -> bool:
         handler = self._callback._handler

@@ -87,6 +87,11 @@ class Host:
         started from ``wandb_init_kwargs``, is used."""
         return None
 
+    def balance_targets(self) -> tuple[Any, list[Any]] | None:
+        """(the torch model, its optimizers) that balancing factors apply to; None (default): the framework
+        has no torch optimizer to balance."""
+        return None
+
     def wandb_summaries_elsewhere(self, run: Any, *, owned: bool) -> bool:
         """Whether the framework itself sends the summary scalars to ``run`` (so the W&B sink must not).
         ``owned``: the engine started that run. Default: only when the engine did not start it."""

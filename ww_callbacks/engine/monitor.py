@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..balance.rules import balance_factors, factor_scalars
 from ..distributed import Collective
 from ..layers import LayerWeights
 from ..sinks.lifecycle import RunSinks
@@ -227,6 +228,10 @@ class SpectralMonitor:
         summary = report.summary  # once: the history and the logged scalars share it
         self.state.add(report, epoch=epoch, step=step, summary=summary)
         metrics = self.metrics_from(report, summary)
+        rules = self.options.balance_rules
+        if rules:  # a new mapping each analysis: the optimizer hooks see the change
+            factors = self.state.factors = balance_factors(rules, report)
+            metrics.update(factor_scalars(rules, factors, self.prefix, self.per_layer))
         return MonitorResult(metrics, report, self._decide(report, epoch), epoch=epoch, step=step)
 
     def emit(self, result: MonitorResult, *, epoch: int, step: int = 0, is_last: bool = False) -> None:
@@ -267,10 +272,8 @@ class SpectralMonitor:
         """Remember that training stops at ``epoch`` because of the rule (callers log the reason).
 
         Example:
-            >>> m = SpectralMonitor(seed=0)
-            >>> m.record_stop(4, "mean alpha 1.9 is below 2")
-            >>> m.stopped_epoch, m.stop_reason
-            (4, 'mean alpha 1.9 is below 2')
+            >>> m = SpectralMonitor(seed=0); m.record_stop(4, "alpha below 2"); m.stopped_epoch, m.stop_reason
+            (4, 'alpha below 2')
         """
         self.state.record_stop(epoch, reason)
 
@@ -292,7 +295,7 @@ class SpectralMonitor:
 
         Example:
             >>> sorted(SpectralMonitor(seed=0).state_dict())[:3]
-            ['history', 'last_report', 'rule']
+            ['factors', 'history', 'last_report']
         """
         return self.state.state_dict(rule=self.early_stopping)
 

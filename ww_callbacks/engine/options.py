@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..balance.rules import BalanceRule, check_rules
 from ..spectral.catalog import METRICS, default_metrics, metric_available, missing_option
 from ..stopping import StoppingRule
 
@@ -89,6 +90,11 @@ class WatchOptions:
             pending, training waits for the oldest (counted in the history's ``background_waits``).
         eigensolver: ``"auto"`` (torch on the weights' accelerator, numpy on the CPU), ``"numpy"`` or
             ``"torch"``: where the eigenvalues are computed (`ww_callbacks.analyze`); the same numbers either way.
+        balance: act on the spectra: a `ww_callbacks.balance` rule (``TempBalance()``: per-layer learning rates;
+            ``AlphaDecay()``: per-layer weight decays) or a list of them. The factors of each analysis apply at every
+            optimizer step until the next one (the user's optimizer and scheduler stay theirs; torch optimizers
+            only: Lightning, the Hugging Face Trainer); they are logged (``{prefix}lr_factor/min|max``), written
+            to the history and kept in checkpoints. Resolved to a tuple.
 
     Example:
         >>> WatchOptions(history_path=3)
@@ -117,6 +123,7 @@ class WatchOptions:
     background: bool = False
     max_pending: int = 1
     eigensolver: str = "auto"
+    balance: BalanceRule | Sequence[BalanceRule] | None = None
 
     def __post_init__(self) -> None:
         if self.every_n_epochs is not None and int(self.every_n_epochs) < 1:
@@ -162,11 +169,17 @@ class WatchOptions:
             "background": bool(self.background),
             "max_pending": int(self.max_pending),
             "eigensolver": str(self.eigensolver),
+            "balance": check_rules(self.balance),
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
         if rule is not None:
             self._check_rule(rule)
+
+    @property
+    def balance_rules(self) -> tuple[BalanceRule, ...]:
+        """The balancing rules (``balance``, resolved to a tuple; empty without balancing)."""
+        return tuple(self.balance) if isinstance(self.balance, tuple) else check_rules(self.balance)
 
     @classmethod
     def pick(cls, values: Mapping[str, Any]) -> WatchOptions:

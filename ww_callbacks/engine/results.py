@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..balance.optim import FactorHooks, batchnorm_followers
 from ..distributed import merge_shares
 from ..sinks.lifecycle import summary_line, wandb_options
 from ..spectral.report import SpectralReport
@@ -59,6 +60,7 @@ class ResultPath:
         self.stopped = False
         self._sinks_open = False
         self._parts: list[SharedPart] = []  # this rank's finished shares, not merged yet (several ranks)
+        self._hooks: FactorHooks | None = None  # the balancing factors' optimizer hooks (``balance``)
 
     # ---------------------------------------------------------------- fit start
     def begin(self, host: Host, *, open_sinks: bool = True) -> None:
@@ -68,8 +70,23 @@ class ResultPath:
         self.stopped = False
         self._parts = []
         self._sinks_open = False
+        self._install_balance()
         if open_sinks:
             self.open_sinks()
+
+    def _install_balance(self) -> None:
+        """Hook the balancing factors (the latest analysis', from the engine's state) into the optimizers."""
+        rules = self.monitor.options.balance_rules
+        if not rules or self._hooks is not None:
+            return
+        targets = self.host.balance_targets()
+        if targets is None:
+            self.monitor.warn("balance: no torch optimizer to apply the factors to; they are only logged")
+            return
+        model, optimizers = targets
+        followers = batchnorm_followers(model) if any(rule.batchnorm for rule in rules) else {}
+        state = self.monitor.state
+        self._hooks = FactorHooks(model, optimizers, lambda: state.factors, followers=followers).install()
 
     def open_sinks(self) -> None:
         """Attach the history file and the W&B run (on the main process; every rank takes part: the log
@@ -209,3 +226,6 @@ class ResultPath:
         finally:
             self.monitor.close_sinks()
             self._sinks_open = False
+            if self._hooks is not None:
+                self._hooks.remove()
+                self._hooks = None

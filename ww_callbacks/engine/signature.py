@@ -34,6 +34,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, TypeVar
 
+from ..balance.rules import NO_PER_VARIABLE_HYPERPARAMETERS, BalanceRule
 from ..stopping import StoppingRule
 
 try:
@@ -71,6 +72,7 @@ class WatchKwargs(TypedDict, total=False):
     background: bool
     max_pending: int
     eigensolver: str
+    balance: BalanceRule | Sequence[BalanceRule] | None
 
 
 def _field_parameter(f: dataclasses.Field[Any], kind: Any) -> inspect.Parameter:
@@ -92,9 +94,12 @@ def watch_signature(init: F) -> F:
     return init
 
 
-def watch_options(owner: Any, args: Sequence[Any], options: Mapping[str, Any]) -> WatchOptions:
+def watch_options(
+    owner: Any, args: Sequence[Any], options: Mapping[str, Any], *, per_variable_optimizers: bool = True
+) -> WatchOptions:
     """Bind a callback's call (positional ``args`` and keyword ``options``) to a checked `WatchOptions`;
-    ``TypeError`` for too many positional arguments, a repeated or an unknown option, as Python would say."""
+    ``TypeError`` for too many positional arguments, a repeated or an unknown option, as Python would say;
+    ``ValueError`` for ``balance=`` where the framework's optimizers have no per-variable hyperparameters."""
     name = type(owner).__name__
     if len(args) > len(POSITIONAL_OPTIONS):
         raise TypeError(
@@ -109,7 +114,12 @@ def watch_options(owner: Any, args: Sequence[Any], options: Mapping[str, Any]) -
         if key not in known:
             raise TypeError(f"{name}() got an unexpected keyword argument {key!r}")
         values[key] = value
-    return WatchOptions(**values)
+    watch = WatchOptions(**values)
+    if watch.balance and not per_variable_optimizers:
+        raise ValueError(
+            f"balance= is not available with {type(owner).__module__}.{name}: {NO_PER_VARIABLE_HYPERPARAMETERS}"
+        )
+    return watch
 
 
 def shared_options_doc(indent: int = 4) -> str:

@@ -48,6 +48,8 @@ class RunState:
     last_report: SpectralReport | None = None
     stopped_epoch: int | None = None
     stop_reason: str = ""
+    #: The balancing factors of the latest analysis: ``{"lr": {layer: factor}, "weight_decay": {...}}``.
+    factors: dict[str, dict[str, float]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def add(
@@ -79,6 +81,7 @@ class RunState:
         self.last_report = None
         self.stopped_epoch = None
         self.stop_reason = ""
+        self.factors = {}
 
     def state_dict(self, *, rule: StoppingRule | None) -> dict[str, Any]:
         """Plain Python values (safe for ``torch.save`` and JSON), with ``rule``'s state under ``"rule"``."""
@@ -94,6 +97,7 @@ class RunState:
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
             "last_report": None if self.last_report is None else self.last_report.to_dict(),
+            "factors": {key: dict(values) for key, values in self.factors.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any], *, rule: StoppingRule | None) -> None:
@@ -113,6 +117,8 @@ class RunState:
         stopped = state.get("stopped_epoch")
         self.stopped_epoch = None if stopped is None else int(stopped)
         self.stop_reason = str(state.get("stop_reason", ""))
+        factors = state.get("factors") or {}
+        self.factors = {str(k): {str(n): float(f) for n, f in v.items()} for k, v in factors.items()}
         last = state.get("last_report")
         self.last_report = None if last is None else SpectralReport.from_dict(last)
 

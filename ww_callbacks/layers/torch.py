@@ -112,6 +112,19 @@ def module_ids(module: Any) -> dict[str, int]:
     return {path: layer_id for layer_id, (path, _) in enumerate(_named_modules(module, torch))}
 
 
+def modules_by_path(module: Any) -> dict[str, Any]:
+    """Every module of ``module`` by its path, wrappers left out (the names `snapshot_torch` gives layers).
+
+    Example:
+        >>> import torch
+        >>> list(modules_by_path(torch.nn.Sequential(torch.nn.Linear(2, 3))))
+        ['', '0']
+    """
+    import torch
+
+    return dict(_named_modules(module, torch))
+
+
 def _unwrapped(module: Any, torch: Any) -> Any:
     """The user's module inside ``torch.compile`` / DDP / DataParallel wrappers (any nesting)."""
     while True:

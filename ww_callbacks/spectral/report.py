@@ -94,6 +94,9 @@ class LayerResult:
     W_scale: float = NAN
     bulk_max: float = NAN
     bulk_min: float = NAN
+    # balancing (`ww_callbacks.balance`): the factor on the layer's learning rate / weight decay (NaN: none)
+    lr_factor: float = NAN
+    wd_factor: float = NAN
     # arrays kept for plots; not part of rows
     evals: np.ndarray | None = field(default=None, repr=False, compare=False)
     rand_evals: np.ndarray | None = field(default=None, repr=False, compare=False)
