@@ -15,11 +15,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import wandb
 from ww_callbacks._data import load_mnist
 from ww_callbacks.lightning import WeightWatcherCallback
 
