@@ -70,3 +70,45 @@ def load_mnist(
     images = (x / 255.0).astype(np.float32)
     labels = y.astype(np.int64)
     return (images[train], labels[train]), (images[val], labels[val])
+
+
+def noisy_labels(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """A copy of ``labels`` with ``fraction`` of them replaced by uniformly random digits (which may equal the
+    true one), chosen with their own generator: the same noise for every training seed."""
+    out = labels.copy()
+    if fraction <= 0:
+        return out
+    rng = np.random.default_rng([seed, round(fraction * 1000)])
+    chosen = rng.choice(len(out), size=round(fraction * len(out)), replace=False)
+    out[chosen] = rng.integers(0, 10, size=len(chosen))
+    return out
+
+
+def mnist_split(
+    n_train: int, noise: float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`load_mnist` with 1000 validation images and ``noise`` of the training labels replaced at random.
+
+    Example:
+        >>> (x, y), (xv, yv) = mnist_split(100, 0.5)
+        >>> x.shape, xv.shape, 0 < int((y != load_mnist(100)[0][1]).sum()) < 100
+        ((100, 784), (1000, 784), True)
+    """
+    (x_train, y_train), (x_val, y_val) = load_mnist(n_train=n_train, n_val=1000, seed=0)
+    return (x_train, noisy_labels(y_train, noise)), (x_val, y_val)
+
+
+def modular_addition(p: int, frac: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (a, b) with label (a + b) mod p, split at random: ``frac`` of them for training.
+
+    Example:
+        >>> x_train, y_train, x_val, y_val = modular_addition(7, 0.5)
+        >>> x_train.shape, len(x_val), bool(((x_train.sum(axis=1) % 7) == y_train).all())
+        ((24, 2), 25, True)
+    """
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    pairs = np.stack([a.ravel(), b.ravel()], axis=1).astype(np.int64)
+    labels = pairs.sum(axis=1) % p
+    order = np.random.default_rng(0).permutation(len(pairs))
+    n = round(frac * len(pairs))
+    return pairs[order[:n]], labels[order[:n]], pairs[order[n:]], labels[order[n:]]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ww_callbacks._data import load_mnist
+from ww_callbacks._data import mnist_split, modular_addition
 from ww_callbacks._training import (
     classifier_module,
     keras_mlp,
@@ -114,35 +114,6 @@ def smoke_suite() -> list[RunSpec]:
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def noisy_labels(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
-    """A copy of ``labels`` with ``fraction`` of them replaced by uniformly random digits (which may equal the
-    true one), chosen with their own generator: the same noise for every training seed."""
-    out = labels.copy()
-    if fraction <= 0:
-        return out
-    rng = np.random.default_rng([seed, round(fraction * 1000)])
-    chosen = rng.choice(len(out), size=round(fraction * len(out)), replace=False)
-    out[chosen] = rng.integers(0, 10, size=len(chosen))
-    return out
-
-
-def mnist_split(
-    n_train: int, noise: float
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    (x_train, y_train), (x_val, y_val) = load_mnist(n_train=n_train, n_val=1000, seed=0)
-    return (x_train, noisy_labels(y_train, noise)), (x_val, y_val)
-
-
-def modular_addition(p: int, frac: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (a, b) with label (a + b) mod p, split at random: ``frac`` of them for training."""
-    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
-    pairs = np.stack([a.ravel(), b.ravel()], axis=1).astype(np.int64)
-    labels = pairs.sum(axis=1) % p
-    order = np.random.default_rng(0).permutation(len(pairs))
-    n = round(frac * len(pairs))
-    return pairs[order[:n]], labels[order[:n]], pairs[order[n:]], labels[order[n:]]
 
 
 # ------------------------------------------------------------------------------------------------ training
