@@ -18,7 +18,7 @@ from .distributed import StrategyCollective
 from .distributed import refuse_unsupported_strategy as _refuse_unsupported_strategy
 from .engine import EngineViews, Host, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
-from .engine.signature import Unpack, WatchKwargs, shared_options_doc, watch_options, watch_signature
+from .engine.signature import Unpack, WatchKwargs, watch_options, watch_signature, with_shared_options
 
 try:
     from typing import override  # type: ignore[attr-defined]  # Python 3.12+
@@ -32,11 +32,84 @@ RUN_ON = ("train_epoch_end", "validation_epoch_end")
 
 
 class LightningWatcherMixin(EngineViews):
-    """The Lightning hooks around the engine: schedule, analysis points, background drains, checkpoint state.
+    # The hooks around the engine (schedule, analysis points, background drains, checkpoint state), defined once:
+    # a concrete callback is ``class WeightWatcherCallback(Callback, LightningWatcherMixin)``, sets
+    # `_rank_zero_info` and `_wandb_logger_cls`, and `__init_subclass__` installs the hooks on it (its own
+    # overrides kept). The docstring is the callback's (`lightning_doc`).
+    """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for lightning.pytorch.
 
-    A concrete callback is ``class WeightWatcherCallback(Callback, LightningWatcherMixin)`` and sets
-    `_rank_zero_info` and `_wandb_logger_cls`; every hook is defined here, once, and `__init_subclass__` installs
-    them on the class (a subclass's own overrides are kept).
+    When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
+    default) or at the end of that epoch's validation (``run_on="validation_epoch_end"``), once per epoch and
+    only while fitting: sanity checks, ``fast_dev_run``, ``validate()``, ``test()`` and ``predict()`` are skipped.
+    With ``every_n_train_steps=n`` instead: in ``on_train_batch_end`` after the optimizer step that makes
+    ``global_step`` a multiple of n (``ModelCheckpoint``'s convention; accumulating batches do not count).
+
+    What it does: reads the weights of the analyzable layers (Linear, Conv1d/2d, Embedding ...), runs
+    `ww_callbacks.analyze` on them and puts the summary metrics, as ``{prefix}{metric}`` (plus
+    ``{prefix}{layer}/{metric}`` with ``per_layer=True``), into ``trainer.callback_metrics``, where stock
+    ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them (they run after this callback), and into every
+    logger (CSV, TensorBoard, MLflow, W&B ...) with ``log_metrics`` at the step Lightning logs that hook's
+    metrics at (``global_step - 1`` at a training epoch end, the batch's own row on step schedules), with
+    ``epoch``, whatever ``log_every_n_steps`` is. Values that are not finite (no layer's fit succeeded) are not
+    logged. ``callback_metrics`` keeps the last value, so with ``every_n_epochs > 1`` a stock ``EarlyStopping``
+    also counts the epochs in between; the ``early_stopping`` rules count analyses only. Optionally writes every
+    report to a JSON-lines history file and to W&B.
+
+    Background (``background=True``): at the analysis point the callback only copies the analyzed matrices
+    (CUDA: into pinned host memory, non-blocking) and a worker thread analyzes, records and writes the history
+    file and W&B. The results are logged at the step they belong to at the next hook (the next batch end or
+    epoch end; under DDP at the next analysis point or epoch end), and the rule's decision takes effect there:
+    training stops one analysis later than it would synchronously. Under DDP each rank's worker analyzes its
+    share of the layers and the shares are merged at those points. With ``max_pending`` analyses pending, the
+    next analysis point waits for the oldest (never skipped; ``background_waits`` in the history counts the
+    waits). At the end of ``fit`` the pending work is finished and logged before the sinks close; on an
+    exception too (Ctrl-C: only the running analysis, for at most 30 s). The numbers are exactly those of
+    ``background=False``.
+
+    Early stopping: the ``early_stopping`` rule (`ww_callbacks.stopping`) sees every report; when it says stop,
+    the decision is reduced over ranks (``reduce_boolean_decision``, any rank stops all) and turned into
+    ``trainer.should_stop`` once ``min_epochs``/``min_steps`` are met; ``stopped_epoch`` and ``stop_reason``
+    record it and the reason is logged.
+
+    Distributed (DDP, ``ModelParallelStrategy`` with FSDP2 ``fully_shard`` / tensor parallel): each rank analyzes
+    a cost-balanced share of the layers (``shard_layers=True``; False: rank 0 analyzes them all) and the results
+    are merged on every rank with the strategy's collectives (``all_gather_object``), so every rank logs the same
+    values, feeds its rule the same report and stops at the same epoch. DTensor weights are gathered one layer
+    at a time by the rank that analyzes it. ``FSDPStrategy`` (FSDP1) and DeepSpeed ZeRO-3 raise ``ValueError``
+    at setup. The shuffles of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``, one child per
+    layer (step schedules: ``[seed, step]``), so they do not depend on the rank, on the sharding or on
+    resuming.
+
+    Where things go: ``history_path=None`` writes ``<trainer.log_dir>/ww_history.jsonl`` on rank 0; W&B gets the
+    ``WandbLogger``'s run among ``trainer.loggers``, else an active ``wandb.run``.
+
+    Resuming: ``state_dict()`` keeps the history, the rule's state (patience count ...), the seed and the last
+    report; the ``state_key`` includes the prefix, so several instances can share a checkpoint.
+
+    Args:
+        every_n_train_steps: analyze after every n-th optimizer step instead of at epoch ends.
+        run_on: ``"train_epoch_end"`` or ``"validation_epoch_end"`` (epoch schedules).
+
+    Attributes:
+        engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
+        last_report: the latest `ww_callbacks.SpectralReport`.
+        history: one dict per analyzed epoch (epoch, step, summary metrics, num_summarized ...).
+        stopped_epoch: the epoch at which the rule stopped training, or None.
+        stop_reason: why ("" if it did not stop).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.callbacks import EarlyStopping
+        from ww_callbacks.lightning import WeightWatcherCallback
+        from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau
+
+        ww = WeightWatcherCallback(
+            early_stopping=AnyOf(AlphaBelow(2.0), Plateau("rand_distance", mode="max", patience=3, min_delta=1e-3)),
+        )
+        trainer = Trainer(max_epochs=50, callbacks=[ww, EarlyStopping(monitor="ww/alpha", mode="min", patience=5)])
+        trainer.fit(model, datamodule)
+        print(ww.stopped_epoch, ww.stop_reason, ww.last_report.to_pandas())
     """
 
     #: The Lightning hooks (and checkpoint methods) this mixin implements.
@@ -280,90 +353,11 @@ class LightningHost(Host):
 
 
 def lightning_doc(namespace: str) -> str:
-    """The callback's docstring for ``namespace`` (``lightning.pytorch`` or ``pytorch_lightning``)."""
-    return (
-        _LIGHTNING_DOC.replace("{ns}", namespace)
-        + shared_options_doc()
-        + _LIGHTNING_EXAMPLE.replace("{ns}", namespace).replace(
-            "{mod}", "lightning" if namespace == "lightning.pytorch" else "pytorch_lightning"
+    """The callback's docstring for ``namespace`` (``lightning.pytorch`` or ``pytorch_lightning``): the mixin's,
+    written for ``lightning.pytorch``, with the shared options put in."""
+    doc = with_shared_options(LightningWatcherMixin.__doc__)
+    if namespace == "pytorch_lightning":
+        doc = doc.replace("lightning.pytorch", namespace).replace(
+            "ww_callbacks.lightning ", "ww_callbacks.pytorch_lightning "
         )
-    )
-
-
-_LIGHTNING_DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for {ns}.
-
-    When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
-    default) or at the end of that epoch's validation (``run_on="validation_epoch_end"``), once per epoch and
-    only while fitting: sanity checks, ``fast_dev_run``, ``validate()``, ``test()`` and ``predict()`` are skipped.
-    With ``every_n_train_steps=n`` instead: in ``on_train_batch_end`` after the optimizer step that makes
-    ``global_step`` a multiple of n (``ModelCheckpoint``'s convention; accumulating batches do not count).
-
-    What it does: reads the weights of the analyzable layers (Linear, Conv1d/2d, Embedding ...), runs
-    `ww_callbacks.analyze` on them and puts the summary metrics, as ``{prefix}{metric}`` (plus
-    ``{prefix}{layer}/{metric}`` with ``per_layer=True``), into ``trainer.callback_metrics``, where stock
-    ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them (they run after this callback), and into every
-    logger (CSV, TensorBoard, MLflow, W&B ...) with ``log_metrics`` at the step Lightning logs that hook's
-    metrics at (``global_step - 1`` at a training epoch end, the batch's own row on step schedules), with
-    ``epoch``, whatever ``log_every_n_steps`` is. Values that are not finite (no layer's fit succeeded) are not
-    logged. ``callback_metrics`` keeps the last value, so with ``every_n_epochs > 1`` a stock ``EarlyStopping``
-    also counts the epochs in between; the ``early_stopping`` rules count analyses only. Optionally writes every
-    report to a JSON-lines history file and to W&B.
-
-    Background (``background=True``): at the analysis point the callback only copies the analyzed matrices
-    (CUDA: into pinned host memory, non-blocking) and a worker thread analyzes, records and writes the history
-    file and W&B. The results are logged at the step they belong to at the next hook (the next batch end or
-    epoch end; under DDP at the next analysis point or epoch end), and the rule's decision takes effect there:
-    training stops one analysis later than it would synchronously. Under DDP each rank's worker analyzes its
-    share of the layers and the shares are merged at those points. With ``max_pending`` analyses pending, the
-    next analysis point waits for the oldest (never skipped; ``background_waits`` in the history counts the
-    waits). At the end of ``fit`` the pending work is finished and logged before the sinks close; on an
-    exception too (Ctrl-C: only the running analysis, for at most 30 s). The numbers are exactly those of
-    ``background=False``.
-
-    Early stopping: the ``early_stopping`` rule (`ww_callbacks.stopping`) sees every report; when it says stop,
-    the decision is reduced over ranks (``reduce_boolean_decision``, any rank stops all) and turned into
-    ``trainer.should_stop`` once ``min_epochs``/``min_steps`` are met; ``stopped_epoch`` and ``stop_reason``
-    record it and the reason is logged.
-
-    Distributed (DDP, ``ModelParallelStrategy`` with FSDP2 ``fully_shard`` / tensor parallel): each rank analyzes
-    a cost-balanced share of the layers (``shard_layers=True``; False: rank 0 analyzes them all) and the results
-    are merged on every rank with the strategy's collectives (``all_gather_object``), so every rank logs the same
-    values, feeds its rule the same report and stops at the same epoch. DTensor weights are gathered one layer
-    at a time by the rank that analyzes it. ``FSDPStrategy`` (FSDP1) and DeepSpeed ZeRO-3 raise ``ValueError``
-    at setup. The shuffles of epoch ``e`` come from ``numpy.random.default_rng([seed, e])``, one child per
-    layer (step schedules: ``[seed, step]``), so they do not depend on the rank, on the sharding or on
-    resuming.
-
-    Where things go: ``history_path=None`` writes ``<trainer.log_dir>/ww_history.jsonl`` on rank 0; W&B gets the
-    ``WandbLogger``'s run among ``trainer.loggers``, else an active ``wandb.run``.
-
-    Resuming: ``state_dict()`` keeps the history, the rule's state (patience count ...), the seed and the last
-    report; the ``state_key`` includes the prefix, so several instances can share a checkpoint.
-
-    Args:
-        every_n_train_steps: analyze after every n-th optimizer step instead of at epoch ends.
-        run_on: ``"train_epoch_end"`` or ``"validation_epoch_end"`` (epoch schedules).
-"""
-
-_LIGHTNING_EXAMPLE = """
-    Attributes:
-        engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
-        last_report: the latest `ww_callbacks.SpectralReport`.
-        history: one dict per analyzed epoch (epoch, step, summary metrics, num_summarized ...).
-        stopped_epoch: the epoch at which the rule stopped training, or None.
-        stop_reason: why ("" if it did not stop).
-
-    Example::
-
-        from {ns} import Trainer
-        from {ns}.callbacks import EarlyStopping
-        from ww_callbacks.{mod} import WeightWatcherCallback
-        from ww_callbacks.stopping import AlphaBelow, AnyOf, Plateau
-
-        ww = WeightWatcherCallback(
-            early_stopping=AnyOf(AlphaBelow(2.0), Plateau("rand_distance", mode="max", patience=3, min_delta=1e-3)),
-        )
-        trainer = Trainer(max_epochs=50, callbacks=[ww, EarlyStopping(monitor="ww/alpha", mode="min", patience=5)])
-        trainer.fit(model, datamodule)
-        print(ww.stopped_epoch, ww.stop_reason, ww.last_report.to_pandas())
-"""
+    return doc

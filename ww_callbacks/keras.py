@@ -26,7 +26,7 @@ import keras
 
 from .engine import EngineViews, Host, MonitorResult, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
-from .engine.signature import Unpack, WatchKwargs, shared_options_doc, watch_options, watch_signature
+from .engine.signature import Unpack, WatchKwargs, watch_options, watch_signature, with_shared_options
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 _NAN = float("nan")
 
-_DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
+
+class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
+    """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for Keras 3 ``fit``.
 
     When it runs: at the end of every epoch of ``model.fit`` (not in ``evaluate``/``predict``), it writes
     ``{prefix}{metric}`` (and ``{prefix}{layer}/{metric}`` with ``per_layer=True``) into the epoch's ``logs``.
@@ -90,14 +92,6 @@ _DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopp
         every_n_batches: analyze after every n-th batch instead of at epoch ends.
         restore_best_weights: restore the weights of the best analyzed epoch at the end of training (needs a
             rule that monitors a metric).
-"""
-
-
-class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
-    __doc__ = (
-        _DOC
-        + shared_options_doc()
-        + """
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work (``monitor`` is its former name).
@@ -118,8 +112,9 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         >>> h = model.fit(x, y, epochs=2, verbose=0, callbacks=[ww])
         >>> len(h.history["ww/alpha"]), len(ww.history)
         (2, 2)
-"""
-    )
+    """
+
+    __doc__ = with_shared_options(__doc__)  # the shared options, documented once in WatchOptions
 
     @watch_signature
     def __init__(

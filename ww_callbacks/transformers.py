@@ -29,7 +29,7 @@ from transformers.trainer_callback import CallbackHandler
 from .distributed import TorchCollective, any_process, broadcast, process_group
 from .engine import EngineViews, Host, MonitorResult, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
-from .engine.signature import Unpack, WatchKwargs, shared_options_doc, watch_options, watch_signature
+from .engine.signature import Unpack, WatchKwargs, watch_options, watch_signature, with_shared_options
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -38,7 +38,50 @@ log = logging.getLogger(__name__)
 #: Hooks whose caller is searched for the Trainer's `CallbackHandler` (bounded: a few frames up).
 _HANDLER_SEARCH_DEPTH = 6
 
-_DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for ``transformers.Trainer``.
+
+def _calling_handler() -> CallbackHandler | None:
+    """The `CallbackHandler` whose ``call_event`` is running this hook, None when there is none.
+
+    ``TrainerCallback`` hooks do not receive the Trainer; the handler (which holds every callback) is the
+    ``self`` of the ``call_event`` frame that calls the hook.
+    """
+    frame: types.FrameType | None = sys._getframe(2)
+    for _ in range(_HANDLER_SEARCH_DEPTH):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, CallbackHandler):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _epoch_index(state: TrainerState) -> int:
+    """The 0-based epoch the current step belongs to (``state.epoch`` is fractional, k+1 at the end of epoch k)."""
+    return max(math.ceil(float(state.epoch or 0.0) - 1e-9) - 1, 0)
+
+
+def _strategy(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _best_key(args: TrainingArguments, prefix: str) -> str | None:
+    """Our logged key named by ``metric_for_best_model`` (``eval_`` prefix or not), else None.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> _best_key(NS(metric_for_best_model="eval_ww/alpha"), "ww/"), _best_key(NS(metric_for_best_model="loss"), "ww/")
+        ('ww/alpha', None)
+    """
+    name = args.metric_for_best_model
+    if not name:
+        return None
+    bare = name[len("eval_") :] if name.startswith("eval_") else name
+    return bare if bare.startswith(prefix) else None
+
+
+class WeightWatcherCallback(TrainerCallback, EngineViews):
+    """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for ``transformers.Trainer``.
 
     When it runs: after every ``every_n_steps``-th optimizer step (``state.global_step``), or, when
     ``every_n_steps`` is None (the default), at the end of every ``every_n_epochs``-th epoch; only in
@@ -85,55 +128,6 @@ _DOC = """Data-free spectral diagnostics (WeightWatcher metrics) and early stopp
 
     Args:
         every_n_steps: analyze after every n-th optimizer step instead of at epoch ends.
-"""
-
-
-def _calling_handler() -> CallbackHandler | None:
-    """The `CallbackHandler` whose ``call_event`` is running this hook, None when there is none.
-
-    ``TrainerCallback`` hooks do not receive the Trainer; the handler (which holds every callback) is the
-    ``self`` of the ``call_event`` frame that calls the hook.
-    """
-    frame: types.FrameType | None = sys._getframe(2)
-    for _ in range(_HANDLER_SEARCH_DEPTH):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, CallbackHandler):
-            return candidate
-        frame = frame.f_back
-    return None
-
-
-def _epoch_index(state: TrainerState) -> int:
-    """The 0-based epoch the current step belongs to (``state.epoch`` is fractional, k+1 at the end of epoch k)."""
-    return max(math.ceil(float(state.epoch or 0.0) - 1e-9) - 1, 0)
-
-
-def _strategy(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-def _best_key(args: TrainingArguments, prefix: str) -> str | None:
-    """Our logged key named by ``metric_for_best_model`` (``eval_`` prefix or not), else None.
-
-    Example:
-        >>> from types import SimpleNamespace as NS
-        >>> _best_key(NS(metric_for_best_model="eval_ww/alpha"), "ww/"), _best_key(NS(metric_for_best_model="loss"), "ww/")
-        ('ww/alpha', None)
-    """
-    name = args.metric_for_best_model
-    if not name:
-        return None
-    bare = name[len("eval_") :] if name.startswith("eval_") else name
-    return bare if bare.startswith(prefix) else None
-
-
-class WeightWatcherCallback(TrainerCallback, EngineViews):
-    __doc__ = (
-        _DOC
-        + shared_options_doc()
-        + """
 
     Attributes:
         engine: the `ww_callbacks.engine.SpectralMonitor` doing the work.
@@ -152,8 +146,9 @@ class WeightWatcherCallback(TrainerCallback, EngineViews):
                                  greater_is_better=False, load_best_model_at_end=True, report_to=["tensorboard"])
         Trainer(model=model, args=args, train_dataset=data, callbacks=[ww]).train()
         print(ww.stopped_step, ww.stop_reason, ww.last_report.to_pandas())
-"""
-    )
+    """
+
+    __doc__ = with_shared_options(__doc__)  # the shared options, documented once in WatchOptions
 
     @watch_signature
     def __init__(self, *args: Any, every_n_steps: int | None = None, **options: Unpack[WatchKwargs]) -> None:

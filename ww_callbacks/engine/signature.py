@@ -10,8 +10,8 @@ A callback writes only its own options::
 `watch_signature` gives that ``__init__`` the full signature built from the `WatchOptions` fields (the first
 `POSITIONAL_OPTIONS` positional, the callback's own options next, the rest keyword-only), so ``help()``,
 ``inspect.signature``, IPython and Jupyter show every option with its default; `WatchKwargs` types
-``**options`` for static checkers and IDEs; `watch_options` binds the call. `shared_options_doc` is the Args text
-every callback docstring appends. A new shared option is a field of `WatchOptions` (with its line in the Args
+``**options`` for static checkers and IDEs; `watch_options` binds the call. `with_shared_options` puts the Args text
+(`shared_options_doc`) into every callback's docstring. A new shared option is a field of `WatchOptions` (with its line in the Args
 section there) and a key of `WatchKwargs`: no callback changes.
 
 Example:
@@ -43,7 +43,14 @@ except ImportError:  # pragma: no cover - depends on the Python version
     from typing_extensions import Unpack
 from .options import POSITIONAL_OPTIONS, HistoryPath, WatchOptions
 
-__all__ = ["Unpack", "WatchKwargs", "shared_options_doc", "watch_options", "watch_signature"]
+__all__ = [
+    "Unpack",
+    "WatchKwargs",
+    "shared_options_doc",
+    "watch_options",
+    "watch_signature",
+    "with_shared_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -134,3 +141,17 @@ def shared_options_doc(indent: int = 4) -> str:
     heading = "Shared options (`ww_callbacks.engine.WatchOptions`; the first five also by position):"
     entries = textwrap.indent(textwrap.dedent(section), "    ")
     return textwrap.indent(f"{heading}\n{entries}", " " * indent)
+
+
+def with_shared_options(doc: str | None) -> str:
+    """A callback's docstring ``doc`` with the shared options' ``Args`` entries (`shared_options_doc`) put in
+    before its ``Attributes:`` section; a callback class body says ``__doc__ = with_shared_options(__doc__)``.
+
+    Example:
+        >>> lines = ["Spectra.", "", "    Args:", "        own: x.", "", "    Attributes:", "        a: y."]
+        >>> doc = with_shared_options(chr(10).join(lines))
+        >>> doc.index("own:") < doc.index("history_path:") < doc.index("Attributes:")
+        True
+    """
+    head, mark, tail = (doc or "").partition("\n    Attributes:")
+    return f"{head.rstrip()}\n{shared_options_doc()}\n{mark}{tail}"
