@@ -36,9 +36,11 @@ def _ww_entries(trainer):
 def _tensorboard_scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    files = sorted(root.rglob("events.out.tfevents.*"))
-    assert len(files) == 1, files
-    acc = EventAccumulator(str(files[0]), size_guidance={"scalars": 0})
+    # One run: every event file in one directory (the sink's end figures come in a file of their own there,
+    # written after the Trainer closed its writer).
+    runs = {path.parent for path in root.rglob("events.out.tfevents.*")}
+    assert len(runs) == 1, runs
+    acc = EventAccumulator(str(runs.pop()), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 

@@ -19,6 +19,7 @@ from .distributed import refuse_unsupported_strategy as _refuse_unsupported_stra
 from .engine import EngineViews, Host, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
 from .engine.signature import Unpack, WatchKwargs, watch_options, watch_signature, with_shared_options
+from .sinks.discover import Dashboard, lightning_dashboards
 
 try:
     from typing import override  # type: ignore[attr-defined]  # Python 3.12+
@@ -339,6 +340,9 @@ class LightningHost(Host):
 
     def balance_targets(self) -> tuple[Any, list[Any]] | None:
         return self.trainer.lightning_module, list(self.trainer.optimizers)
+
+    def dashboards(self) -> list[Dashboard]:
+        return lightning_dashboards(self.trainer.loggers)
 
     def wandb_run(self) -> Any:
         logger_cls = type(self._callback)._wandb_logger_cls

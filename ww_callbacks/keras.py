@@ -27,6 +27,7 @@ import keras
 from .engine import EngineViews, Host, MonitorResult, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
 from .engine.signature import Unpack, WatchKwargs, watch_options, watch_signature, with_shared_options
+from .sinks.discover import Dashboard, calling_callbacks, keras_dashboards
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -160,6 +161,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
             None  # the logs of the batch being analyzed (step schedules)
         )
         self._pending_weights: dict[tuple[int, int], list[Any]] = {}  # background + restore_best_weights
+        self._fit_callbacks: list[Any] = []  # the callbacks of the current fit (Keras TensorBoard: a sink)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -206,6 +208,7 @@ class WeightWatcherCallback(keras.callbacks.Callback, EngineViews):
         self.best_weights = None
         self._keys = self.engine.logged_keys(self.model)
         self._first_epoch_pending = True
+        self._fit_callbacks = calling_callbacks(self) or []  # Keras' TensorBoard, if any (sink discovery)
         self.results.begin(KerasHost(self))
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -318,3 +321,6 @@ class KerasHost(Host):
 
     def stopping(self) -> bool:
         return bool(getattr(self._callback.model, "stop_training", False))
+
+    def dashboards(self) -> list[Dashboard]:
+        return keras_dashboards(self._callback._fit_callbacks, self._callback)

@@ -2,8 +2,11 @@
 
 * `plot_esd`: one layer's eigenvalue density on log-log axes, with the fitted power-law tail, the randomized ESD,
   ``xmin`` and the Marchenko-Pastur bulk edge.
-* `plot_history`: summary metrics over the analyzed epochs, one panel each, the 2-6 alpha band shaded.
-* `plot_alpha_heatmap`: alpha per layer and epoch.
+* `plot_history`: summary metrics over the analyses, one panel each, the 2-6 alpha band shaded.
+* `plot_alpha_heatmap`: alpha per layer and analysis.
+
+Both put the analyses on epochs, or on global steps when the history comes from a step schedule (several
+analyses in one epoch; `history_x_axis`), or as asked with ``x=``.
 
 Every function returns a ``matplotlib.figure.Figure`` built without pyplot, so nothing is registered with pyplot's
 figure manager: no window opens, nothing leaks, and it works headless. Save it with ``fig.savefig("esd.png")``.
@@ -187,12 +190,38 @@ def _draw_fit_and_bulk(ax: Any, layer_result: LayerResult, evals: np.ndarray) ->
 FACTOR_COLUMNS = ("lr_factor", "wd_factor")
 
 
+#: The x axes `plot_history` and `plot_alpha_heatmap` accept.
+X_AXES = ("auto", "epoch", "step")
+
+
+def history_x_axis(rows: Sequence[Any], x: str = "auto") -> str:
+    """The x axis for history ``rows``: ``x`` itself, or for ``"auto"`` ``"step"`` when some epoch holds several
+    analyses (a step schedule: they would collapse onto one epoch), ``"epoch"`` otherwise.
+
+    Example:
+        >>> history_x_axis([{"epoch": 0, "step": 3}, {"epoch": 0, "step": 7}, {"epoch": 1, "step": 11}])
+        'step'
+        >>> history_x_axis([{"epoch": 0, "step": 9}, {"epoch": 1, "step": 19}])
+        'epoch'
+    """
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
+    if x != "auto":
+        return x
+    analyses = {(r["epoch"], int(r.get("step") or 0)) for r in rows}
+    return "step" if len(analyses) > len({epoch for epoch, _ in analyses}) else "epoch"
+
+
+def _x_values(rows: Sequence[dict[str, Any]], x: str) -> list[Any]:
+    return [int(r.get("step") or 0) if x == "step" else r["epoch"] for r in rows]
+
+
 def _epoch_summaries(history: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(per-epoch summaries, per-layer rows or []) from any accepted history form."""
+    """(one summary per analysis, per-layer rows or []) from any accepted history form."""
     rows = as_records(history)
     if is_per_layer(rows):
         return summarize_history(rows, metrics=(*SUMMARY_METRICS, *FACTOR_COLUMNS)), rows
-    return sorted(rows, key=lambda r: r["epoch"]), []
+    return sorted(rows, key=lambda r: (r["epoch"], int(r.get("step") or 0))), []
 
 
 def _column(rows: list[dict[str, Any]], metric: str) -> np.ndarray:
@@ -212,11 +241,11 @@ def _shade_alpha_band(ax: Any) -> None:
     )
 
 
-def _draw_layer_lines(ax: Any, by_layer: dict[str, list[dict[str, Any]]], metric: str) -> None:
+def _draw_layer_lines(ax: Any, by_layer: dict[str, list[dict[str, Any]]], metric: str, x: str) -> None:
     """Each layer's values of ``metric`` (successful fits only) as a thin grey line behind the mean."""
     for layer, rows_of_layer in by_layer.items():
-        rows_of_layer = sorted(rows_of_layer, key=lambda r: r["epoch"])
-        xs = [r["epoch"] for r in rows_of_layer]
+        rows_of_layer = sorted(rows_of_layer, key=lambda r: (r["epoch"], int(r.get("step") or 0)))
+        xs = _x_values(rows_of_layer, x)
         ys = [
             v if (v := finite_or_none(r.get(metric))) is not None and r.get("status") == "success" else np.nan
             for r in rows_of_layer
@@ -232,8 +261,10 @@ def _draw_layer_lines(ax: Any, by_layer: dict[str, list[dict[str, Any]]], metric
         )
 
 
-def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_layers: bool = True) -> Any:
-    """Plot summary metrics over the analyzed epochs, one panel per metric.
+def plot_history(
+    history: Any, metrics: Sequence[str] | None = None, *, show_layers: bool = True, x: str = "auto"
+) -> Any:
+    """Plot summary metrics over the analyses, one panel per metric, against epochs or steps.
 
     The alpha panel shades weightwatcher's well-trained range 2 <= alpha <= 6. Given per-layer rows, each
     layer is also drawn as a thin line behind the mean (``show_layers``).
@@ -244,6 +275,9 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
         metrics: which metrics to plot (default: alpha, alpha_weighted, log_spectral_norm, rand_distance, and the
             balancing factors ``lr_factor`` / ``wd_factor``; those without any finite value are left out).
         show_layers: draw each layer's values too, when ``history`` has per-layer rows.
+        x: the x axis: ``"epoch"``, ``"step"`` (the global step of each analysis), or ``"auto"`` (default:
+            steps when some epoch holds several analyses, as with ``every_n_train_steps``; see
+            `history_x_axis`).
 
     Returns:
         The Figure, with one Axes per metric.
@@ -259,7 +293,8 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
         raise ValueError("plot_history: the history is empty")
     explicit = metrics is not None
     wanted = list(metrics) if metrics is not None else [*DEFAULT_HISTORY_METRICS, *FACTOR_COLUMNS]
-    epochs = np.array([s["epoch"] for s in summaries], dtype=np.float64)
+    x = history_x_axis(summaries, x)
+    xs = np.array(_x_values(summaries, x), dtype=np.float64)
 
     if explicit:
         missing = [m for m in wanted if all(m not in s for s in summaries)]
@@ -283,9 +318,9 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
     for ax, metric in zip(axes, shown, strict=True):
         if metric == "alpha":
             _shade_alpha_band(ax)
-        _draw_layer_lines(ax, by_layer, metric)
+        _draw_layer_lines(ax, by_layer, metric, x)
         ax.plot(
-            epochs,
+            xs,
             _column(summaries, metric),
             marker="o",
             markersize=3.5,
@@ -295,26 +330,48 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None, *, show_lay
             label="mean over layers",
         )
         ax.set_ylabel(metric)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x)
         ax.grid(True, alpha=0.3)
         if metric == "alpha" or (by_layer and ax is axes[0]):
             ax.legend(fontsize="small")
-        if len(epochs) and np.all(np.mod(epochs, 1) == 0):
+        if len(xs) and np.all(np.mod(xs, 1) == 0):
             ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle("WeightWatcher metrics over training", fontsize="medium")
     return fig
 
 
-def plot_alpha_heatmap(history: Any, *, metric: str = "alpha", annotate: bool | None = None) -> Any:
-    """Plot a layers x epochs heatmap of alpha (or another per-layer ``metric``).
+def _heatmap_grid(rows: list[dict[str, Any]], metric: str, x: str) -> tuple[list[str], list[Any], Any, Any]:
+    """(layers in first-seen order, sorted column keys, values grid, status grid) of per-layer ``rows``."""
+    key = (lambda r: int(r.get("step") or 0)) if x == "step" else (lambda r: r["epoch"])
+    columns = sorted({key(r) for r in rows})
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    grid = np.full((len(layers), len(columns)), np.nan)
+    status = np.full(grid.shape, "", dtype=object)
+    layer_index = {name: i for i, name in enumerate(layers)}
+    column_index = {c: j for j, c in enumerate(columns)}
+    for r in rows:
+        i, j = layer_index[r["layer"]], column_index[key(r)]
+        value = finite_or_none(r.get(metric))
+        status[i, j] = r.get("status", "success")
+        if value is not None and status[i, j] == "success":
+            grid[i, j] = value
+    return layers, columns, grid, status
 
-    Layers whose fit did not succeed are left blank for that epoch.
+
+def plot_alpha_heatmap(
+    history: Any, *, metric: str = "alpha", annotate: bool | None = None, x: str = "auto"
+) -> Any:
+    """Plot a layers x analyses heatmap of alpha (or another per-layer ``metric``), columns labelled by epoch or
+    by step.
+
+    Layers whose fit did not succeed are left blank for that analysis.
 
     Args:
         history: per-layer rows (`ww_callbacks.load_history`, list of dicts or DataFrame) with ``epoch``,
             ``layer``, ``status`` and the metric.
         metric: the per-layer column to show (default ``alpha``).
         annotate: write each value in its cell (default: when the grid has at most 20 x 20 cells).
+        x: columns per ``"epoch"`` or per ``"step"``; ``"auto"`` (default) as in `plot_history`.
 
     Returns:
         The Figure (heatmap Axes plus colorbar Axes).
@@ -333,23 +390,10 @@ def plot_alpha_heatmap(history: Any, *, metric: str = "alpha", annotate: bool | 
         raise ValueError(
             "plot_alpha_heatmap needs per-layer rows (ww_callbacks.load_history), not epoch summaries"
         )
-    layers: list[str] = []
-    epochs = sorted({r["epoch"] for r in rows})
-    for r in rows:
-        if r["layer"] not in layers:
-            layers.append(r["layer"])
-    grid = np.full((len(layers), len(epochs)), np.nan)
-    status = np.full(grid.shape, "", dtype=object)
-    layer_index = {name: i for i, name in enumerate(layers)}
-    epoch_index = {e: j for j, e in enumerate(epochs)}
-    for r in rows:
-        i, j = layer_index[r["layer"]], epoch_index[r["epoch"]]
-        value = finite_or_none(r.get(metric))
-        status[i, j] = r.get("status", "success")
-        if value is not None and status[i, j] == "success":
-            grid[i, j] = value
+    x = history_x_axis(rows, x)
+    layers, columns, grid, status = _heatmap_grid(rows, metric, x)
 
-    fig = _figure((max(4.5, 1.6 + 0.45 * len(epochs)), max(2.6, 1.2 + 0.32 * len(layers))))
+    fig = _figure((max(4.5, 1.6 + 0.45 * len(columns)), max(2.6, 1.2 + 0.32 * len(layers))))
     ax = fig.add_subplot()
     finite = grid[np.isfinite(grid)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -365,15 +409,15 @@ def plot_alpha_heatmap(history: Any, *, metric: str = "alpha", annotate: bool | 
     )
     ax.set_facecolor("0.9")  # blank cells (failed fits) show as light grey
     fig.colorbar(image, ax=ax, label=metric)
-    step_x = max(1, len(epochs) // 20)
-    ax.set_xticks(range(0, len(epochs), step_x), [str(e) for e in epochs[::step_x]])
+    step_x = max(1, len(columns) // 20)
+    ax.set_xticks(range(0, len(columns), step_x), [str(c) for c in columns[::step_x]])
     step_y = max(1, len(layers) // 40)
     ax.set_yticks(range(0, len(layers), step_y), layers[::step_y], fontsize="small")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(x)
     ax.set_ylabel("layer")
     ax.set_title(f"{metric} per layer (grey: no successful fit)", fontsize="medium")
     if annotate is None:
-        annotate = len(layers) <= 20 and len(epochs) <= 20
+        annotate = len(layers) <= 20 and len(columns) <= 20
     if annotate:
         middle = (vmin + vmax) / 2
         for (i, j), value in np.ndenumerate(grid):

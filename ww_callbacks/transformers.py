@@ -30,6 +30,7 @@ from .distributed import TorchCollective, any_process, broadcast, process_group
 from .engine import EngineViews, Host, MonitorResult, ResultPath, SpectralMonitor, StepSchedule
 from .engine.schedule import make_schedule
 from .engine.signature import Unpack, WatchKwargs, watch_options, watch_signature, with_shared_options
+from .sinks.discover import Dashboard, trainer_dashboards
 
 __all__ = ["WeightWatcherCallback"]
 
@@ -350,6 +351,10 @@ class TrainerHost(Host):
 
     def log_dir(self) -> str | None:
         return self.args.output_dir
+
+    def dashboards(self) -> list[Dashboard]:
+        handler = self._callback._handler
+        return [] if handler is None else trainer_dashboards(handler.callbacks)
 
     def balance_targets(self) -> tuple[Any, list[Any]] | None:
         if self._model is None or self._optimizer is None:

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     stream = sys.stderr if args.json == "-" else sys.stdout
     for target, kind in ((args.plot, "history"), (args.heatmap, "alpha heatmap")):
         if target:
-            _save_history_plot(rows, target, kind, args.metrics)
+            _save_history_plot(rows, target, kind, args.metrics, args.x)
             print(f"{kind} plot written to {target}", file=stream)
     return 0
 
@@ -72,12 +72,15 @@ def _isnan(value: Any) -> bool:
         return True
 
 
-def _save_history_plot(rows: Any, target: str, kind: str, metrics: Sequence[str] | None) -> None:
+def _save_history_plot(rows: Any, target: str, kind: str, metrics: Sequence[str] | None, x: str) -> None:
     from ..plots import plot_alpha_heatmap, plot_history  # matplotlib is imported when drawing
 
     path = Path(target)
     try:
-        figure = plot_history(rows, metrics=metrics) if kind == "history" else plot_alpha_heatmap(rows)
+        if kind == "history":
+            figure = plot_history(rows, metrics=metrics, x=x)
+        else:
+            figure = plot_alpha_heatmap(rows, x=x)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=100)
     except ImportError as exc:
@@ -102,6 +105,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
         help="comma-separated summary metrics for --plot (default: alpha, alpha_weighted, log_spectral_norm, "
         "rand_distance)",
+    )
+    h.add_argument(
+        "--x",
+        choices=("auto", "epoch", "step"),
+        default="auto",
+        help="x axis of --plot and --heatmap (default auto: steps when an epoch holds several analyses, as a "
+        "step schedule writes them; epochs otherwise)",
     )
     output_option(h, "--json", "the per-epoch summary as JSON")
     h.set_defaults(func=run)

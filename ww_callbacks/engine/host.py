@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..distributed import Collective
+from ..sinks.discover import Dashboard
 
 __all__ = ["Host"]
 
@@ -86,6 +87,11 @@ class Host:
         """The framework's own W&B run (its W&B logger's), or None: then the active ``wandb.run``, or a run
         started from ``wandb_init_kwargs``, is used."""
         return None
+
+    def dashboards(self) -> list[Dashboard]:
+        """The TensorBoard and MLflow runs the framework logs to (`ww_callbacks.sinks.discover`); default none
+        (an active ``mlflow`` run is found by the engine)."""
+        return []
 
     def balance_targets(self) -> tuple[Any, list[Any]] | None:
         """(the torch model, its optimizers) that balancing factors apply to; None (default): the framework

@@ -41,7 +41,7 @@ from .jobs import prepare_background
 from .options import WatchOptions
 from .outcome import MonitorResult, SharedPart
 from .scalars import report_scalars, scalar_keys
-from .schedule import Schedule, fresh_seed, make_schedule, rng_for
+from .schedule import Schedule, StepSchedule, fresh_seed, make_schedule, rng_for
 from .state import RunState
 
 log = logging.getLogger(__name__)
@@ -320,24 +320,24 @@ class SpectralMonitor:
         """True when ``run`` is the W&B run this monitor started itself (from ``wandb_init_kwargs``)."""
         return self.sinks.owns(run)
 
-    def open_sinks(self, *, history_path: Any = None, wandb_run: Any = None, **wandb_options: Any) -> None:
-        """Attach a history file and/or a W&B run (rank 0 only); `emit` then sends every report to them.
-
-        ``wandb_options`` go to `ww_callbacks.sinks.wandb.WandbSink`; ``prefix``, ``per_layer`` and
-        ``media_every_n_epochs`` default to the monitor's. Failures become warnings.
+    def open_sinks(self, *, history_path: Any = None, wandb_run: Any = None, **options: Any) -> None:
+        """Attach a history file, a W&B run and ``dashboards=[...]`` (`ww_callbacks.sinks.discover.Dashboard`)
+        on rank 0 (`RunSinks.open`; the options default to the monitor's, the figures' x axis to steps on a step
+        schedule); `emit` then sends every report to them. Failures become warnings.
 
         Example:
             >>> m = SpectralMonitor(seed=0); m.open_sinks(); m.close_sinks()
         """
         self.sinks.close(self.history, finish_run=False)  # a run `resolve_wandb_run` just started stays open
-        options: dict[str, Any] = {
+        x_axis = "step" if isinstance(self.schedule, StepSchedule) else "epoch"
+        defaults = {
             "prefix": self.prefix,
             "per_layer": self.per_layer,
-            "media_every_n_epochs": self.options.media_every_n_epochs,
             "step_metric": "epoch",
+            "x_axis": x_axis,
         }
-        options.update(wandb_options)
-        self.sinks.open(history_path=history_path, wandb_run=wandb_run, **options)
+        defaults["media_every_n_epochs"] = self.options.media_every_n_epochs
+        self.sinks.open(history_path=history_path, wandb_run=wandb_run, **{**defaults, **options})
 
     def close_sinks(self) -> None:
         """Flush and close the sinks (``WandbSink.finish(history)``; a run we created is finished).

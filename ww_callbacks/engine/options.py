@@ -74,7 +74,14 @@ class WatchOptions:
             where it has none (Keras); False = no file; a path = that file.
         log_wandb: log each report to W&B when a run is active (never imports wandb otherwise).
         wandb_init_kwargs: start a W&B run with these ``wandb.init`` arguments when there is none.
-        media_every_n_epochs: spacing of the W&B ESD images (None: the sink's default; 0: none).
+        media_every_n_epochs: spacing, in epochs, of the ESD images on every dashboard (W&B, TensorBoard,
+            MLflow): the first analysis, then every this many epochs (None: 5), and the last; 0: none.
+        log_dashboards: send the histograms, ESD images and end-of-training plots (and the history file) to the
+            TensorBoard and MLflow runs the framework logs to (Lightning's ``TensorBoardLogger`` and
+            ``MLFlowLogger``, the Trainer's ``report_to``, ``keras.callbacks.TensorBoard`` in the same ``fit``,
+            an active ``mlflow`` run); see docs/guide.md's sink table.
+        tensorboard_dir: also write everything, scalars included, to a TensorBoard run in this directory
+            (for Keras without a ``TensorBoard`` callback, or a run of its own).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...);
             ``traps`` defaults to False here (pass ``{"traps": True}`` for ``num_traps`` and the ``rand_*``
             columns). Resolved to a dict.
@@ -117,6 +124,8 @@ class WatchOptions:
     log_wandb: bool = True
     wandb_init_kwargs: Mapping[str, Any] | None = None
     media_every_n_epochs: int | None = None
+    log_dashboards: bool = True
+    tensorboard_dir: str | os.PathLike[str] | None = None
     analyze_kwargs: Mapping[str, Any] | None = field(default=None, repr=False)
     verbose: bool = False
     shard_layers: bool = True
@@ -163,6 +172,8 @@ class WatchOptions:
             "media_every_n_epochs": None
             if self.media_every_n_epochs is None
             else int(self.media_every_n_epochs),
+            "log_dashboards": bool(self.log_dashboards),
+            "tensorboard_dir": None if self.tensorboard_dir is None else os.fspath(self.tensorboard_dir),
             "analyze_kwargs": kwargs,
             "verbose": bool(self.verbose),
             "shard_layers": bool(self.shard_layers),

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..balance.optim import FactorHooks, batchnorm_followers
 from ..distributed import merge_shares
+from ..sinks.discover import Dashboard, active_mlflow_run
 from ..sinks.lifecycle import summary_line, wandb_options
 from ..spectral.report import SpectralReport
 from .host import Host
@@ -104,9 +105,26 @@ class ResultPath:
         monitor.open_sinks(
             history_path=options.history_file(log_dir),
             wandb_run=run,
+            dashboards=self._dashboards(),
             step_metric=host.wandb_step_metric,
             **wandb_options(per_layer=monitor.per_layer, summaries_elsewhere=elsewhere),
         )
+
+    def _dashboards(self) -> list[Dashboard]:
+        """The TensorBoard and MLflow runs to send the media to: the framework's (``log_dashboards``) and the
+        ``tensorboard_dir`` run (scalars included)."""
+        options = self.monitor.options
+        found: list[Dashboard] = []
+        if options.log_dashboards:
+            try:
+                found = list(self.host.dashboards())
+                if not any(d.kind == "mlflow" for d in found) and (run := active_mlflow_run()) is not None:
+                    found.append(run)
+            except Exception as exc:
+                self.monitor.warn(f"cannot find the TensorBoard/MLflow runs ({type(exc).__name__}: {exc})")
+        if options.tensorboard_dir is not None:
+            found.append(Dashboard("tensorboard", False, log_dir=str(options.tensorboard_dir)))
+        return found
 
     def _wandb_run(self) -> Any:
         try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, TypeVar
@@ -73,6 +74,8 @@ class WatchKwargs(TypedDict, total=False):
     log_wandb: bool
     wandb_init_kwargs: Mapping[str, Any] | None
     media_every_n_epochs: int | None
+    log_dashboards: bool
+    tensorboard_dir: str | os.PathLike[str] | None
     analyze_kwargs: Mapping[str, Any] | None
     verbose: bool
     shard_layers: bool

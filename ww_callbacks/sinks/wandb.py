@@ -17,47 +17,29 @@ Example (needs a W&B run, so it is not a doctest)::
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from .._util import finite_or_none, jsonable
 from ..spectral.catalog import METRICS
 from ..spectral.report import SpectralReport
-from ..spectral.zeros import split_zeros
+from .media import (
+    DEFAULT_MEDIA_EVERY_N_EPOCHS,
+    MAX_HISTOGRAM_BINS,
+    FigureData,
+    FinalFigures,
+    MediaSchedule,
+    ReportMedia,
+)
+
+__all__ = ["DEFAULT_MEDIA_EVERY_N_EPOCHS", "MAX_HISTOGRAM_BINS", "WandbSink"]
 
 log = logging.getLogger(__name__)
 
-#: Default spacing, in epochs, of the ESD plots when ``media_every_n_epochs`` is None.
-DEFAULT_MEDIA_EVERY_N_EPOCHS = 5
-
-#: W&B refuses histograms with more bins than this.
-MAX_HISTOGRAM_BINS = 512
-
 # Metrics whose W&B summary should be the best value rather than the last one: the metric table's "better".
 _SUMMARY_GOALS = {name: info.better for name, info in METRICS.items() if info.better is not None}
-
-
-def _histogram(values: np.ndarray, max_bins: int = MAX_HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """numpy histogram with numpy's "auto" bin count, capped at ``max_bins``."""
-    n_bins = len(np.histogram_bin_edges(values, bins="auto")) - 1
-    return np.histogram(values, bins=int(min(max(n_bins, 1), max_bins)))
-
-
-def _figure_to_image(fig: Any, wandb: Any, caption: str) -> Any:
-    """A ``wandb.Image`` of a matplotlib Figure (rendered to PNG here, so wandb never touches pyplot)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    buffer.seek(0)
-    with Image.open(buffer) as png:
-        image = png.convert("RGBA")
-    return wandb.Image(image, caption=caption)
 
 
 def _table(wandb: Any, report: SpectralReport, epoch: int, step: int) -> Any:
@@ -74,20 +56,6 @@ def _table(wandb: Any, report: SpectralReport, epoch: int, step: int) -> Any:
             values.append(float("nan") if plain is None and isinstance(value, float) else plain)
         data.append(values)
     return wandb.Table(columns=columns, data=data)
-
-
-def _histograms(wandb: Any, report: SpectralReport, prefix: str) -> dict[str, Any]:
-    """``{prefix}{layer}/esd``: a ``wandb.Histogram`` of log10 of each layer's positive eigenvalues."""
-    out = {}
-    for layer in report.layers:
-        if layer.evals is None:
-            continue
-        evals, _ = split_zeros(layer.evals, layer.N, layer.M)  # log10 of a numerical zero is noise
-        if evals.size == 0:
-            continue
-        counts, edges = _histogram(np.log10(evals))
-        out[f"{prefix}{layer.longname}/esd"] = wandb.Histogram(np_histogram=(counts, edges))
-    return out
 
 
 class WandbSink:
@@ -111,8 +79,10 @@ class WandbSink:
 
     The first report also calls ``run.define_metric``: ``{prefix}*`` against ``step_metric``, and summaries
     ``min`` for alpha and ``max`` for rand_distance (model-level and per-layer keys). `finish` logs a layer x
-    epoch heatmap of alpha (``{prefix}alpha_heatmap``) and the summary metrics over epochs
-    (``{prefix}summary_plot``). The sink never calls ``run.finish()``: the run belongs to its owner.
+    analysis heatmap of alpha (``{prefix}alpha_heatmap``) and the summary metrics over training
+    (``{prefix}summary_plot``), on a step axis when ``x_axis="step"``. The sink never calls ``run.finish()``:
+    the run belongs to its owner. Histograms and images come from a `ReportMedia` (computed once per analysis
+    for every sink when `ww_callbacks.sinks.lifecycle.RunSinks` drives it).
 
     Args:
         run: a ``wandb`` run, an object with an ``experiment`` run (Lightning's ``WandbLogger``), or None for the
@@ -125,6 +95,7 @@ class WandbSink:
         metrics: per-layer metrics to log (default: the report's summary metrics).
         log_table, log_histograms: turn the table or the histograms off.
         max_media_layers: the most layers that get an ESD image each time.
+        x_axis: the end figures' x axis: ``"epoch"``, ``"step"`` or ``"auto"``.
 
     Example:
         >>> sink = WandbSink(None, step_metric="epoch", media_every_n_epochs=0)
@@ -145,9 +116,9 @@ class WandbSink:
         log_table: bool = True,
         log_histograms: bool = True,
         max_media_layers: int = 16,
+        x_axis: str = "auto",
     ) -> None:
-        if media_every_n_epochs is not None and media_every_n_epochs < 0:
-            raise ValueError(f"media_every_n_epochs must be None or >= 0, got {media_every_n_epochs}")
+        self._schedule = MediaSchedule(media_every_n_epochs)
         self._run = run
         self.prefix = prefix
         self.per_layer = per_layer
@@ -158,14 +129,14 @@ class WandbSink:
         self.log_table = log_table
         self.log_histograms = log_histograms
         self.max_media_layers = max_media_layers
+        self.x_axis = x_axis
         #: Epochs whose report got ESD images (for inspection).
         self.media_epochs: list[int] = []
         self._defined: set[str] = set()
         self._warned: set[str] = set()
         self._last_epoch: int | None = None
         self._last_step = 0
-        self._layer_rows: list[dict[str, Any]] = []
-        self._summaries: list[dict[str, Any]] = []
+        self._data = FigureData()
         self._finished = False
 
     # -- plumbing -------------------------------------------------------------------------------------------
@@ -222,14 +193,6 @@ class WandbSink:
     def _layer_metrics(self, report: SpectralReport) -> tuple[str, ...]:
         return self.metrics if self.metrics is not None else tuple(report.summary)
 
-    def _wants_media(self, epoch: int, is_last: bool) -> bool:
-        if self.media_every_n_epochs == 0:
-            return False
-        if not self.media_epochs or is_last:
-            return epoch not in self.media_epochs
-        every = self.media_every_n_epochs or DEFAULT_MEDIA_EVERY_N_EPOCHS
-        return epoch - self.media_epochs[-1] >= every
-
     # -- payload pieces -------------------------------------------------------------------------------------
 
     def _scalars(self, report: SpectralReport) -> dict[str, float]:
@@ -246,25 +209,31 @@ class WandbSink:
                         out[f"{self.prefix}{layer.longname}/{metric}"] = number
         return out
 
-    def _esd_images(self, wandb: Any, report: SpectralReport, epoch: int) -> dict[str, Any]:
-        from ..plots import plot_esd
-
-        out = {}
-        with_evals = [layer for layer in report.layers if layer.evals is not None]
-        for layer in with_evals[: self.max_media_layers]:
-            fig = plot_esd(layer)
-            out[f"{self.prefix}{layer.longname}/esd_plot"] = _figure_to_image(
-                fig, wandb, caption=f"{layer.longname}, epoch {epoch}"
-            )
+    def _media(self, wandb: Any, media: ReportMedia, *, histograms: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if histograms:
+            for layer, (counts, edges, _) in media.histograms.items():
+                out[f"{self.prefix}{layer}/esd"] = wandb.Histogram(np_histogram=(counts, edges))
+        for layer, rgba in media.esd_images.items():
+            out[f"{self.prefix}{layer}/esd_plot"] = wandb.Image(rgba, caption=media.caption(layer))
         return out
 
     # -- public API -----------------------------------------------------------------------------------------
 
-    def log_report(self, report: SpectralReport, *, epoch: int, step: int, is_last: bool = False) -> None:
+    def log_report(
+        self,
+        report: SpectralReport,
+        *,
+        epoch: int,
+        step: int,
+        is_last: bool = False,
+        media: ReportMedia | None = None,
+    ) -> None:
         """Log one analysis. Never raises: W&B problems become a warning (once) and the rest is skipped.
 
         Calling it again for the epoch just logged (e.g. with ``is_last=True`` once the callback learns that the
-        run ended) only adds the ESD images if that epoch has none yet.
+        run ended) only adds the ESD images if that epoch has none yet. ``media``: the analysis' histograms
+        and images, shared with other sinks (default: computed here, images on this sink's schedule).
 
         Example (needs a W&B run, so it is not a doctest)::
 
@@ -274,17 +243,24 @@ class WandbSink:
             sink.log_report(report, epoch=0, step=0, is_last=True)
         """
         try:
-            self._log_report(report, epoch=int(epoch), step=int(step), is_last=is_last)
+            self._log_report(report, epoch=int(epoch), step=int(step), is_last=is_last, media=media)
         except Exception as exc:  # logging must never stop training
             self._warn_once("log", f"could not log the spectral report to W&B ({exc!r}); training continues")
 
-    def _log_report(self, report: SpectralReport, *, epoch: int, step: int, is_last: bool) -> None:
+    def _log_report(
+        self, report: SpectralReport, *, epoch: int, step: int, is_last: bool, media: ReportMedia | None
+    ) -> None:
         wandb = self._import_wandb()
         if wandb is None:
             return
         run = self._resolve_run()
         if run is None:
             return
+        if media is None:
+            images = self._schedule.claim(epoch, is_last, step)
+            media = ReportMedia(
+                report, epoch=epoch, step=step, images=images, max_layers=self.max_media_layers
+            )
 
         repeat = self._last_epoch == epoch and self._last_step == step  # the same analysis sent again
         payload: dict[str, Any] = {self.step_metric: step}
@@ -293,36 +269,24 @@ class WandbSink:
             payload.update(self._scalars(report))
             if self.log_table and report.layers:
                 payload[f"{self.prefix}layers"] = _table(wandb, report, epoch, step)
-            if self.log_histograms:
-                payload.update(_histograms(wandb, report, self.prefix))
-            for layer in report.layers:
-                self._layer_rows.append(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "layer": layer.longname,
-                        "status": layer.status,
-                        "alpha": layer.alpha,
-                    }
-                )
-            self._summaries.append({"epoch": epoch, "step": step, **report.summary})
-        if self._wants_media(epoch, is_last):
-            try:
-                payload.update(self._esd_images(wandb, report, epoch))
-                self.media_epochs.append(epoch)
-            except ImportError as exc:
-                self._warn_once("matplotlib", f"no ESD images: {exc}")
+            self._data.add(report, epoch=epoch, step=step)
+        if media.images and media.esd_images:
+            self.media_epochs.append(epoch)
+        payload.update(self._media(wandb, media, histograms=self.log_histograms and not repeat))
         self._last_epoch = epoch
         self._last_step = step
         if len(payload) > 1:
             run.log(payload)
 
-    def finish(self, history: Sequence[dict[str, Any]] | None = None) -> None:
-        """Log the end-of-training figures: the alpha heatmap and the summary metrics over epochs.
+    def finish(
+        self, history: Sequence[dict[str, Any]] | None = None, figures: FinalFigures | None = None
+    ) -> None:
+        """Log the end-of-training figures: the alpha heatmap and the summary metrics over training.
 
         Args:
-            history: the callback's per-epoch summaries (dicts with ``epoch``, ``step`` and summary metrics, with
-                or without the prefix); default: the summaries of the reports this sink logged.
+            history: the callback's per-analysis summaries (dicts with ``epoch``, ``step`` and summary metrics,
+                with or without the prefix); default: the summaries of the reports this sink logged.
+            figures: the figures already drawn for every sink (`FinalFigures`); default: drawn here.
 
         Calling it twice does nothing the second time; it does not finish the W&B run.
 
@@ -334,13 +298,16 @@ class WandbSink:
             return
         self._finished = True
         try:
-            self._finish(history)
+            self._finish(history, figures)
         except Exception as exc:  # logging must never stop training
             self._warn_once("finish", f"could not log the end-of-training plots to W&B ({exc!r})")
 
-    def _finish(self, history: Sequence[dict[str, Any]] | None) -> None:
-        summaries = [self._strip_prefix(h) for h in history] if history else list(self._summaries)
-        if not summaries and not self._layer_rows:
+    def _finish(self, history: Sequence[dict[str, Any]] | None, figures: FinalFigures | None) -> None:
+        if figures is None:
+            if not history and not self._data.layer_rows:
+                return
+            figures = self._data.figures(history, prefix=self.prefix, x=self.x_axis)
+        if not figures.figures:
             return
         wandb = self._import_wandb()
         if wandb is None:
@@ -348,31 +315,11 @@ class WandbSink:
         run = self._resolve_run()
         if run is None:
             return
-        try:
-            from ..plots import plot_alpha_heatmap, plot_history
-        except ImportError as exc:
-            self._warn_once("matplotlib", f"no end-of-training plots: {exc}")
-            return
-
+        captions = {"alpha_heatmap": "alpha per layer", "summary_plot": "summary metrics"}
         payload: dict[str, Any] = {self.step_metric: self._last_step}
-        plots: list[tuple[str, str, Callable[[Any], Any], list[dict[str, Any]]]] = []
-        if self._layer_rows:
-            plots.append(("alpha_heatmap", "alpha per layer", plot_alpha_heatmap, self._layer_rows))
-        if summaries:
-            plots.append(("summary_plot", "summary metrics", plot_history, summaries))
-        for key, caption, plot, data in plots:
-            try:
-                fig = plot(data)
-            except ValueError as exc:  # e.g. no finite value to draw: nothing worth an image
-                log.debug("WandbSink: no %s (%s)", key, exc)
-                continue
-            payload[f"{self.prefix}{key}"] = _figure_to_image(fig, wandb, caption=caption)
-        if len(payload) > 1:
-            run.log(payload)
-
-    def _strip_prefix(self, row: dict[str, Any]) -> dict[str, Any]:
-        n = len(self.prefix)
-        return {(k[n:] if self.prefix and k.startswith(self.prefix) else k): v for k, v in row.items()}
+        for name, rgba in figures.arrays.items():
+            payload[f"{self.prefix}{name}"] = wandb.Image(rgba, caption=captions[name])
+        run.log(payload)
 
     def __repr__(self) -> str:
         return (
