@@ -126,7 +126,9 @@ def test_esd_images_on_first_every_nth_and_last_epoch(logged):
         assert [r["trainer/global_step"] for r in rows] == [_step(0), _step(2), _step(3)]
         for epoch, r in zip([0, 2, 3], rows, strict=True):
             image = r[f"ww/{layer}/esd_plot"]
-            assert image["_type"] == "image-file" and image["caption"].startswith(f"{layer}, epoch {epoch} (step ")
+            assert image["_type"] == "image-file" and image["caption"].startswith(
+                f"{layer}, epoch {epoch} (step "
+            )
             assert run.media_path(image).read_bytes()[:8] == PNG_SIGNATURE
             assert image["width"] >= 300 and image["height"] >= 200
 

@@ -344,6 +344,9 @@ class LightningHost(Host):
     def dashboards(self) -> list[Dashboard]:
         return lightning_dashboards(self.trainer.loggers)
 
+    def model(self) -> Any:
+        return self.trainer.lightning_module
+
     def wandb_run(self) -> Any:
         logger_cls = type(self._callback)._wandb_logger_cls
         for logger in self.trainer.loggers if logger_cls is not None else ():

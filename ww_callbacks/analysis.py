@@ -18,6 +18,7 @@ import numpy as np
 from .distributed import Collective, TorchCollective, analyze_shared, has_sharded_layers
 from .io import is_model_directory, is_path, load_weights, open_layers
 from .layers import LayerWeights, snapshot
+from .layers.delta import delta_layers
 from .spectral.layer import analyze_layers
 from .spectral.options import AnalysisOptions
 from .spectral.report import LayerResult, SpectralReport
@@ -47,6 +48,8 @@ def analyze(
     shard_layers: bool = True,
     eigensolver: str = _DEFAULTS.eigensolver,
     eigen_dtype: str = _DEFAULTS.eigen_dtype,
+    peft: str | bool = "auto",
+    base_model: Any = None,
 ) -> SpectralReport:
     """Analyze the weight matrices of ``model`` and return a `SpectralReport`.
 
@@ -88,6 +91,9 @@ def analyze(
             equal to rounding).
         eigen_dtype: ``"float64"`` (default) or ``"float32"`` (torch only: faster on GPUs, eigenvalues to about
             1e-6 relative instead of 1e-15; see docs/benchmarks.md for the measured difference).
+        peft: LoRA models: ``"adapters"`` (each update ``B @ A``; weightwatcher's ``peft=True``), ``"effective"``
+            (``W + scaling * B @ A`` under the name without adapters), ``"auto"`` (adapters if any), ``"none"``.
+        base_model: analyze ``W - W_base`` (matched by name): a model, state dict, layer list, file or directory.
 
     Example:
         >>> import numpy as np, ww_callbacks
@@ -99,10 +105,32 @@ def analyze(
     names = [f.name for f in dataclasses.fields(AnalysisOptions)]
     opts = AnalysisOptions(**{name: value for name, value in locals().items() if name in names})
     rng = np.random.default_rng(seed) if rng is None else rng
-    if is_path(model) and is_model_directory(model):
+    if is_path(model) and is_model_directory(model) and base_model is None:
         return _analyze_stream(model, layers=layers, rng=rng, opts=opts)
-    model = load_weights(model) if is_path(model) else model
+    model = _prepared(load_weights(model) if is_path(model) else model, layers, peft, base_model)
     return _analyze_in_memory(model, layers, rng, opts, n_jobs, collective, shard_layers)
+
+
+def _prepared(model: Any, layers: Any, peft: str | bool, base_model: Any) -> Any:
+    """``model``, or its layers in the asked ``peft`` mode and/or as deltas from ``base_model``."""
+    if base_model is None and peft == "auto":
+        return model  # the snapshot's own default
+    found = snapshot(model, layers=layers, copy=False, peft=peft)
+    return found if base_model is None else delta_layers(found, base_layers(base_model, peft=peft))
+
+
+def base_layers(base: Any, *, peft: str | bool = "auto") -> list[LayerWeights]:
+    """The layers of a base model for `delta_layers`: a model, a state dict, a list of `LayerWeights`, or a
+    model file or directory (read whole).
+
+    Example:
+        >>> import numpy as np
+        >>> [lw.longname for lw in base_layers({"fc.weight": np.ones((20, 10))})]
+        ['fc']
+    """
+    if is_path(base) and is_model_directory(base):
+        return list(open_layers(base))
+    return snapshot(load_weights(base) if is_path(base) else base, copy=False, peft=peft)
 
 
 def _analyze_in_memory(

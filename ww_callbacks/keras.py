@@ -322,5 +322,8 @@ class KerasHost(Host):
     def stopping(self) -> bool:
         return bool(getattr(self._callback.model, "stop_training", False))
 
+    def model(self) -> Any:
+        return self._callback.model
+
     def dashboards(self) -> list[Dashboard]:
         return keras_dashboards(self._callback._fit_callbacks, self._callback)

@@ -352,6 +352,9 @@ class TrainerHost(Host):
     def log_dir(self) -> str | None:
         return self.args.output_dir
 
+    def model(self) -> Any:
+        return self._model
+
     def dashboards(self) -> list[Dashboard]:
         handler = self._callback._handler
         return [] if handler is None else trainer_dashboards(handler.callbacks)

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import time
@@ -26,15 +27,28 @@ from typing import Any
 import numpy as np
 
 from ..analysis import analyze as _analyze
-from ..distributed import Collective, analyze_shared
+from ..analysis import base_layers
+from ..distributed import Collective, analyze_shared, has_sharded_layers
 from ..layers import LayerWeights, snapshot
+from ..layers.delta import delta_layers, host_copy
+from ..spectral.layer import analyze_with_generators, layer_rngs
 from ..spectral.options import AnalysisOptions
-from ..spectral.report import SpectralReport
+from ..spectral.report import LayerResult, SpectralReport
 from .options import WatchOptions
 
 __all__ = ["Analyzer", "is_layer_list"]
 
 log = logging.getLogger(__name__)
+
+
+def _own_copy(lw: LayerWeights) -> LayerWeights:
+    """``lw`` with matrices of its own (training may write the originals while a worker reads the copy);
+    sharded placeholders are gathered later, never copied here."""
+    if lw.extra.get("gather") is not None:
+        return lw
+    matrices = lw.matrices
+    clone = getattr(matrices, "clone", None)
+    return dataclasses.replace(lw, matrices=clone() if clone is not None else np.array(matrices, copy=True))
 
 
 def is_layer_list(obj: Any) -> bool:
@@ -63,16 +77,49 @@ class Analyzer:
     def __init__(self, options: WatchOptions, *, warn: Callable[[str], None]) -> None:
         self.options = options
         self.analysis_time = 0.0
+        #: Layers whose last result was reused, in the latest analysis (unchanged weights).
+        self.reused: list[str] = []
         self._warn = warn
         self._warned: set[str] = set()
+        self._base: list[LayerWeights] | None = None  # ``delta_from``: the base weights, on the host
+        self._results: dict[str, tuple[Any, LayerResult]] = {}  # longname -> (weights' version, last result)
+
+    def set_base(self, model: Any) -> None:
+        """Fix the base of ``delta_from`` now: ``"init"`` takes ``model``'s weights as they are (fit start); a
+        model, state dict or path is read. Kept on the host once (`ww_callbacks.layers.delta.host_copy`)."""
+        source = self.options.delta_from
+        if source is None:
+            return
+        try:
+            found = (
+                snapshot(model, copy=True, peft=self.options.peft)
+                if isinstance(source, str) and source == "init"
+                else base_layers(source, peft=self.options.peft)
+            )
+            self._base = host_copy(found)
+            self._results.clear()
+        except Exception as exc:
+            self._base = None
+            self._warn(f"delta_from: cannot read the base weights ({type(exc).__name__}: {exc}); no deltas")
+
+    def forget(self) -> None:
+        """Drop the reusable results (a new fit, new weights)."""
+        self._results.clear()
 
     def snapshot(self, model: Any, *, copy: bool = False) -> list[LayerWeights] | None:
         """The analyzable weights of ``model`` (filtered by ``layers``); None (with a warning) on error."""
         start = time.perf_counter()
         try:
-            if is_layer_list(model):
-                return list(model)
-            return snapshot(model, layers=self.options.layers, copy=copy)
+            found = list(model) if is_layer_list(model) else None
+            if found is None:
+                # Copies (background) only of what will be analyzed: a frozen layer whose result is reused
+                # is never written by training, and its matrix is not read again.
+                found = snapshot(model, layers=self.options.layers, copy=False, peft=self.options.peft)
+                if self._base is not None:
+                    found = delta_layers(found, self._base)
+                if copy:
+                    found = [lw if self._reusable(lw) else _own_copy(lw) for lw in found]
+            return found
         except Exception as exc:
             self._warn(f"could not snapshot the weights ({type(exc).__name__}: {exc}); no spectral metrics")
             return None
@@ -117,17 +164,24 @@ class Analyzer:
             with warnings.catch_warnings():
                 # "no analyzable layer" would repeat every epoch; it is said once below instead.
                 warnings.filterwarnings("ignore", message="no analyzable layer", category=RuntimeWarning)
-                report = _analyze(
-                    layers,
-                    randomize=opts.randomize,
-                    mp_fit=opts.mp_fit,
-                    n_random=opts.n_random,
-                    rng=rng,
-                    collective=collective,
-                    shard_layers=opts.shard_layers,
-                    eigensolver=opts.eigensolver,
-                    **(opts.analyze_kwargs or {}),
-                )
+                if (
+                    collective is None
+                    and isinstance(rng, np.random.Generator)
+                    and not has_sharded_layers(layers)
+                ):
+                    report = self._analyze_reusing(layers, rng)
+                else:
+                    report = _analyze(
+                        layers,
+                        randomize=opts.randomize,
+                        mp_fit=opts.mp_fit,
+                        n_random=opts.n_random,
+                        rng=rng,
+                        collective=collective,
+                        shard_layers=opts.shard_layers,
+                        eigensolver=opts.eigensolver,
+                        **(opts.analyze_kwargs or {}),
+                    )
         except Exception as exc:
             self._warn(
                 f"spectral analysis failed at epoch {epoch} ({type(exc).__name__}: {exc}); training goes on"
@@ -138,6 +192,40 @@ class Analyzer:
             self.analysis_time += time.perf_counter() - start
         self.review(report, epoch)
         return report
+
+    def _reusable(self, lw: LayerWeights) -> bool:
+        """Whether ``lw`` will get its last result again (unchanged weights: see `_analyze_reusing`)."""
+        version, cached = lw.extra.get("version"), self._results.get(lw.longname)
+        return version is not None and cached is not None and cached[0] == version
+
+    def _analyze_reusing(self, layers: list[LayerWeights], rng: np.random.Generator) -> SpectralReport:
+        """`ww_callbacks.analyze` of ``layers``, except that a layer whose weights have not changed since its
+        last analysis (the same ``extra["version"]``: torch's tensor version counters, a Keras fingerprint) gets
+        its last result again. The others are analyzed with the generator of their position, so their numbers
+        are exactly those of a full analysis."""
+        start = time.perf_counter()
+        opts = self.analysis_options()
+        generators = layer_rngs(rng, layers)
+        results: list[LayerResult | None] = [None] * len(layers)
+        todo = []
+        for i, lw in enumerate(layers):
+            if self._reusable(lw):
+                results[i] = copy.copy(self._results[lw.longname][1])
+            else:
+                todo.append(i)
+        jobs = (self.options.analyze_kwargs or {}).get("n_jobs")
+        fresh = analyze_with_generators(
+            [layers[i] for i in todo], [generators[i] for i in todo], opts=opts, n_jobs=jobs
+        )
+        for i, result in zip(todo, fresh, strict=True):
+            results[i] = result
+            version = layers[i].extra.get("version")
+            if version is not None and result.status != "error":
+                self._results[layers[i].longname] = (version, result)
+        todo_set = set(todo)
+        self.reused = [lw.longname for i, lw in enumerate(layers) if i not in todo_set]
+        done = [r for r in results if r is not None]
+        return SpectralReport(layers=done, elapsed=time.perf_counter() - start, options=opts.as_dict())
 
     def review(self, report: SpectralReport, epoch: int) -> None:
         """Say once what needs saying about a finished report: no layers found, diverged layers."""

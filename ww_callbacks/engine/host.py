@@ -88,6 +88,10 @@ class Host:
         started from ``wandb_init_kwargs``, is used."""
         return None
 
+    def model(self) -> Any:
+        """The model being trained (``delta_from="init"`` takes its weights at fit start); default None."""
+        return None
+
     def dashboards(self) -> list[Dashboard]:
         """The TensorBoard and MLflow runs the framework logs to (`ww_callbacks.sinks.discover`); default none
         (an active ``mlflow`` run is found by the engine)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..balance.rules import BalanceRule, check_rules
+from ..layers.peft import PEFT_MODES
 from ..spectral.catalog import METRICS, default_metrics, metric_available, missing_option
 from ..stopping import StoppingRule
 
@@ -80,6 +81,11 @@ class WatchOptions:
             TensorBoard and MLflow runs the framework logs to (Lightning's ``TensorBoardLogger`` and
             ``MLFlowLogger``, the Trainer's ``report_to``, ``keras.callbacks.TensorBoard`` in the same ``fit``,
             an active ``mlflow`` run); see docs/guide.md's sink table.
+        peft: a model with LoRA layers (PEFT, Keras ``enable_lora``) is analyzed as its adapter updates
+            ``B @ A`` (``"adapters"``, and ``"auto"``: the default), its effective weights ``W + scaling * B @ A``
+            (``"effective"``) or its modules as they are (``"none"``); see `ww_callbacks.layers.peft`.
+        delta_from: analyze ``W - W_base`` instead of ``W``: ``"init"`` (the weights at fit start, kept on the
+            host once), or a base model, state dict or model file/directory; None (default): the weights.
         tensorboard_dir: also write everything, scalars included, to a TensorBoard run in this directory
             (for Keras without a ``TensorBoard`` callback, or a run of its own).
         analyze_kwargs: other `ww_callbacks.analyze` options (``min_evals``, ``max_evals``, ``n_jobs`` ...);
@@ -126,6 +132,8 @@ class WatchOptions:
     media_every_n_epochs: int | None = None
     log_dashboards: bool = True
     tensorboard_dir: str | os.PathLike[str] | None = None
+    peft: str | bool = "auto"
+    delta_from: Any = None
     analyze_kwargs: Mapping[str, Any] | None = field(default=None, repr=False)
     verbose: bool = False
     shard_layers: bool = True
@@ -143,6 +151,8 @@ class WatchOptions:
             raise ValueError(f"n_random must be >= 1, got {self.n_random}")
         if self.eigensolver not in ("auto", "numpy", "torch"):
             raise ValueError(f"eigensolver must be 'auto', 'numpy' or 'torch', got {self.eigensolver!r}")
+        if self.peft not in (*PEFT_MODES, True, False):
+            raise ValueError(f"peft must be one of {PEFT_MODES} (or True/False), got {self.peft!r}")
         if self.media_every_n_epochs is not None and int(self.media_every_n_epochs) < 0:
             raise ValueError(f"media_every_n_epochs must be >= 0 or None, got {self.media_every_n_epochs}")
         _check_history_path(self.history_path)
@@ -174,6 +184,7 @@ class WatchOptions:
             else int(self.media_every_n_epochs),
             "log_dashboards": bool(self.log_dashboards),
             "tensorboard_dir": None if self.tensorboard_dir is None else os.fspath(self.tensorboard_dir),
+            "peft": "adapters" if self.peft is True else ("none" if self.peft is False else self.peft),
             "analyze_kwargs": kwargs,
             "verbose": bool(self.verbose),
             "shard_layers": bool(self.shard_layers),

@@ -71,6 +71,9 @@ class ResultPath:
         self.stopped = False
         self._parts = []
         self._sinks_open = False
+        self.monitor.analyzer.forget()
+        if self.monitor.options.delta_from is not None:  # "init": the weights as they are now, at fit start
+            self.monitor.analyzer.set_base(host.model())
         self._install_balance()
         if open_sinks:
             self.open_sinks()

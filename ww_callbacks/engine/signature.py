@@ -76,6 +76,8 @@ class WatchKwargs(TypedDict, total=False):
     media_every_n_epochs: int | None
     log_dashboards: bool
     tensorboard_dir: str | os.PathLike[str] | None
+    peft: str | bool
+    delta_from: Any
     analyze_kwargs: Mapping[str, Any] | None
     verbose: bool
     shard_layers: bool

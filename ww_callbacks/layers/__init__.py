@@ -10,6 +10,7 @@ from typing import Any
 
 from ..spectral.frameworks import is_keras_layer, is_torch_module
 from .base import CONV_SCALE, LAYER_KINDS, LayerWeights, select_layers
+from .peft import peft_layers, resolve_peft
 
 __all__ = ["CONV_SCALE", "LAYER_KINDS", "LayerWeights", "select_layers", "snapshot"]
 
@@ -19,11 +20,15 @@ SUPPORTED = (
 )
 
 
-def snapshot(model: Any, *, layers: Any = None, copy: bool = True) -> list[LayerWeights]:
+def snapshot(
+    model: Any, *, layers: Any = None, copy: bool = True, peft: str | bool = "auto"
+) -> list[LayerWeights]:
     """Copy the analyzable weights of ``model`` out as `LayerWeights`, optionally filtered by ``layers``.
 
     ``copy=True`` detaches and copies the weights (on their device) so that training can go on while they are
-    analyzed. Framework modules are only imported if the model is of that framework.
+    analyzed. Framework modules are only imported if the model is of that framework. A model with LoRA layers
+    (PEFT, Keras ``enable_lora``) gives its adapter updates or its effective weights (``peft``, see
+    `ww_callbacks.layers.peft`; ``"auto"``: the adapters).
 
     Example:
         >>> import numpy as np
@@ -36,6 +41,8 @@ def snapshot(model: Any, *, layers: Any = None, copy: bool = True) -> list[Layer
         and all(isinstance(lw, LayerWeights) for lw in model)
     ):
         found = list(model)
+    elif (is_keras_layer(model) or is_torch_module(model)) and (mode := resolve_peft(model, peft)) != "none":
+        found = peft_layers(model, mode, copy=copy)
     elif is_keras_layer(model):  # before torch: on Keras' torch backend, Keras layers are torch modules too
         from .keras import snapshot_keras
 

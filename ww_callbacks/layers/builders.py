@@ -292,3 +292,24 @@ def storage_identity(array: Any) -> tuple[Any, ...] | None:
         return None
     address = array.__array_interface__["data"][0]
     return ("numpy", address, array.shape, array.strides, array.dtype.str)
+
+
+def tensor_version(*tensors: Any) -> tuple[Any, ...] | None:
+    """What says that frozen torch tensors have not changed: per tensor, its memory address, shape and version
+    counter (every ordinary in-place write, ``load_state_dict`` or ``copy_``, bumps it). None when a tensor
+    requires grad: fused optimizers (``AdamW(fused=True)``, the Trainer's default) update parameters without
+    bumping the counter, so a trainable weight is never taken as unchanged. None for anything else too.
+
+    Example:
+        >>> import torch
+        >>> w = torch.zeros(3, 2); before = tensor_version(w)
+        >>> _ = w.add_(1); before == tensor_version(w), tensor_version(torch.nn.Parameter(w))
+        (False, None)
+    """
+    out = []
+    for tensor in tensors:
+        version = getattr(tensor, "_version", None)
+        if version is None or not hasattr(tensor, "data_ptr") or getattr(tensor, "requires_grad", True):
+            return None
+        out.append((int(tensor.data_ptr()), tuple(tensor.shape), int(version)))
+    return tuple(out)

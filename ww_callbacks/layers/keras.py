@@ -7,6 +7,7 @@ the backend. keras is imported inside the functions only.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Iterator
 from math import prod
@@ -169,7 +170,11 @@ def _layer_weights(
         "layer_id": layer_id,
         "copy": copy,
         "module_type": type(layer).__name__,
-        "extra": {"module_class": type(layer)},
+        # Keras variables have no version counter: a fingerprint of the values (far cheaper than the eigenvalues)
+        "extra": {
+            "module_class": type(layer),
+            "version": hashlib.blake2b(array.tobytes(), digest_size=16).digest(),
+        },
     }
     lw: LayerWeights | None = None
     if kind in ("dense", "embedding") and array.ndim == 2:

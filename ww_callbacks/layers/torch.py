@@ -14,7 +14,7 @@ from typing import Any
 
 from ..spectral.frameworks import is_dtensor, is_keras_layer
 from .base import LayerWeights
-from .builders import conv1d_layer, conv2d_layer, dense_layer, mark_tied, storage_identity
+from .builders import conv1d_layer, conv2d_layer, dense_layer, mark_tied, storage_identity, tensor_version
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,10 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
         # weightwatcher names a root module that is itself a layer (a bare Linear) by its class name.
         longname = path or type(mod).__name__
         module_class = _unsharded_class(mod, torch)
+        # the detached weight shares the parameter's version counter; trainable modules get no version
+        frozen = not any(p.requires_grad for p in mod.parameters(recurse=False))
         for suffix, weight, build, parity in _entries(mod, longname, torch):
+            version = tensor_version(weight) if frozen else None
             full = longname + suffix
             identity = _identity(weight)
             if identity is not None and identity in owners:
@@ -87,7 +90,7 @@ def snapshot_torch(module: Any, *, copy: bool = True) -> list[LayerWeights]:
                 longname=full,
                 layer_id=layer_id,
                 module_type=module_class.__name__,
-                extra={"module_class": module_class},
+                extra={"module_class": module_class, "version": version},
             )
             layer = _sharded_layer(weight, make, torch) if _is_sharded(weight) else make(weight, copy=copy)
             if not parity:

@@ -60,6 +60,13 @@ def _warning(alpha: float) -> str:
     return ""
 
 
+def _top(slice_evals: np.ndarray, rank: int | None) -> np.ndarray:
+    """The ``rank`` largest eigenvalues of each slice (all without a rank), ascending."""
+    if not rank or rank >= slice_evals.shape[-1]:
+        return slice_evals
+    return np.sort(slice_evals, axis=-1)[..., -rank:]
+
+
 def _pooled(slice_evals: np.ndarray, draws: int) -> np.ndarray:
     """Sorted pooled ESD of each of ``draws`` consecutive groups of slices: ``(draws, rf*k)``."""
     return np.sort(slice_evals.reshape(draws, -1), axis=1)
@@ -146,7 +153,12 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
     if not esd.all_finite(lw.matrices):
         res.status, res.reason = STATUS_NON_FINITE, "weights contain NaN or Inf"
         return
-    slice_evals = esd.slice_eigenvalues(lw.matrices, lw.scale, opts.eigen_dtype)
+    factors = lw.extra.get("factors")  # a low-rank update kept as its factors: its r eigenvalues directly
+    if factors is not None and lw.rank and lw.rf == 1:
+        left, right = factors
+        slice_evals = esd.lowrank_eigenvalues(left, right, lw.scale)
+    else:
+        slice_evals = _top(esd.slice_eigenvalues(lw.matrices, lw.scale, opts.eigen_dtype), lw.rank)
     evals = np.sort(slice_evals.ravel())
     res.evals = evals
     res.num_evals = int(evals.size)
@@ -167,6 +179,9 @@ def _fill(res: LayerResult, lw: LayerWeights, rng: Any, opts: AnalysisOptions) -
         setattr(res, key, value)
     if opts.randomize:
         rand_evals, dist_evals = _random_esds(lw, rng, opts)
+        if lw.rank:  # the same number of eigenvalues as the ESD they are compared with
+            dist_evals = dist_evals[:, -lw.rank * lw.rf :]
+            rand_evals = None if rand_evals is None else rand_evals[-lw.rank * lw.rf :]
         distances = [jensen_shannon_distance(evals, d) for d in dist_evals]
         res.rand_distance = distances[0] if len(distances) == 1 else float(np.mean(distances))
         res.rand_distance_std = float(np.std(distances, ddof=1)) if len(distances) > 1 else float("nan")

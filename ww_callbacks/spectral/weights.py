@@ -29,6 +29,11 @@ class LayerWeights:
     ``N``, ``M`` and ``rf`` are weightwatcher's labels, including its conv labelling quirk (even ``rf`` with
     ``out < in`` gives ``N < M``); they feed ``Q``, the ``min_evals`` filter and the Marchenko-Pastur fit.
     ``scale`` multiplies every slice before the analysis (weightwatcher's ``conv2d_norm``: sqrt(1/2) for conv).
+    ``rank``, when set, keeps only the ``rank`` largest eigenvalues of each slice (a LoRA update ``B @ A`` of
+    rank ``r`` has at most ``r`` nonzero ones; weightwatcher's ``num_components``); the shuffled ESDs too. With
+    ``extra["factors"] = (left, right)`` (``matrices[0] == left @ right``) those eigenvalues come from the
+    factors (`ww_callbacks.spectral.esd.lowrank_eigenvalues`); the matrix is still what randomization shuffles.
+
     ``ww_parity`` is False for layers weightwatcher 0.7.7 does not analyze the same way (our extensions:
     attention ``in_proj`` splits, Keras ``EinsumDense`` kernels, torch ``Conv1d`` slices, ...).
 
@@ -52,6 +57,7 @@ class LayerWeights:
     ww_parity: bool = True
     module_type: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    rank: int | None = None
 
     @property
     def Q(self) -> float:
