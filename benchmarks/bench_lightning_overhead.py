@@ -6,6 +6,10 @@ subset, no download), batch 32, Adam, 20 epochs, on CPU. Kinds of run, interleav
 * ``baseline``: no callback;
 * ``ww-callbacks``: ``WeightWatcherCallback`` (alpha, alpha_weighted, log_spectral_norm and rand_distance, i.e.
   ``randomize=True``) every epoch;
+* ``pause``: a callback that only sleeps at every epoch end, as long as ``ww-callbacks``' hook took per epoch so far
+  (its median): what a pause of that length costs this machine's training, whatever runs in it. On a 2-core VM a
+  3 ms pause per epoch made the rest of a 41 ms epoch about 10 % slower (idle cores lose their caches and their
+  clock): the ratio ``ww-callbacks`` can reach is about this row's;
 * ``weightwatcher`` (machine's own kernels only, once; ``--skip-weightwatcher``): a callback calling weightwatcher
   0.7.7's ``WeightWatcher(model).analyze(randomize=True)`` every epoch, as the original experiment did.
 
@@ -95,6 +99,18 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
             pl_module.log("ww_orig/alpha", float(details["alpha"].mean()))
             self.analysis_time += time.perf_counter() - start
 
+    class PauseCallback(Callback):
+        """Sleeps at every epoch end as long as ww-callbacks' hook takes per epoch (median so far)."""
+
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+            self.analysis_time = 0.0
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            start = time.perf_counter()
+            time.sleep(self.seconds)
+            self.analysis_time += time.perf_counter() - start
+
     class TimedWeightWatcherCallback(WeightWatcherCallback):
         """Ours, with its hooks timed: the epoch end (snapshot, analysis, logging, rule) and every batch end."""
 
@@ -132,6 +148,9 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
             )
         elif kind == "weightwatcher":
             callback = WeightWatcherAnalyzeCallback()
+        elif kind == "pause":
+            ours = [r[2] / epochs for r in runs["ww-callbacks"]] or [hook_warmup]
+            callback = PauseCallback(statistics.median(ours))
         trainer = lightning_trainer(epochs, [callback] if callback is not None else [])
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.fit(model, loader)
@@ -143,12 +162,12 @@ def _child(kernel: str, args: argparse.Namespace) -> dict[str, Any]:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    kinds = ["baseline", "ww-callbacks"]
+    kinds = ["baseline", "ww-callbacks", "pause"]
     if kernel == "own" and not args.skip_weightwatcher:
         kinds.append("weightwatcher")
-    run_once("baseline", 1, seed=0)  # warm-up: imports, first-call allocations
-    run_once("ww-callbacks", 1, seed=0)
     runs: dict[str, list[list[float]]] = {k: [] for k in kinds}
+    run_once("baseline", 1, seed=0)  # warm-up: imports, first-call allocations
+    hook_warmup = run_once("ww-callbacks", 3, seed=0)[2] / 3
     for repeat in range(args.repeats):
         for kind in kinds:  # interleaved, so that machine load drifts hit every kind alike
             if kind == "weightwatcher" and repeat >= args.ww_repeats:

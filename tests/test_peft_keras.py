@@ -62,3 +62,33 @@ def test_keras_callback_delta_from_init():
         ours = ww.last_report[layer.name]
         assert ours.log_spectral_norm == pytest.approx(layer.log_spectral_norm, rel=1e-5)
         assert ours.stable_rank == pytest.approx(layer.stable_rank, rel=1e-5)
+
+
+def test_keras_frozen_layers_reuse_their_result_and_trainable_ones_never_do():
+    from _keras_utils import make_data
+
+    from ww_callbacks.engine.analyzer import Analyzer
+    from ww_callbacks.engine.options import WatchOptions
+    from ww_callbacks.keras import WeightWatcherCallback
+
+    init = keras.initializers.GlorotUniform
+    frozen = keras.layers.Dense(60, name="frozen", kernel_initializer=init(seed=1), trainable=False)
+    model = keras.Sequential(
+        [keras.Input((120,)), frozen, keras.layers.Dense(60, name="head", kernel_initializer=init(seed=2))]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    x, y = make_data(d_in=120, d_out=60)
+    ww = WeightWatcherCallback(seed=0, history_path=False)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[ww])
+    assert ww.engine.analyzer.reused == ["frozen"]  # the trainable head is analyzed again at every epoch
+
+    analyzer = Analyzer(WatchOptions(), warn=pytest.fail)
+    first = analyzer.analyze(model, rng=np.random.default_rng(1), epoch=0)
+    analyzer.analyze(model, rng=np.random.default_rng(2), epoch=1)
+    assert analyzer.reused == ["frozen"]
+    frozen.kernel.assign(frozen.kernel * 1.5)  # a frozen layer written by hand: analyzed again
+    third = analyzer.analyze(model, rng=np.random.default_rng(3), epoch=2)
+    assert analyzer.reused == []
+    expected = ww_callbacks.analyze(model, rng=np.random.default_rng(3), traps=False)
+    assert third["frozen"].rand_distance == expected["frozen"].rand_distance
+    assert third["frozen"].log_spectral_norm != first["frozen"].log_spectral_norm

@@ -170,11 +170,7 @@ def _layer_weights(
         "layer_id": layer_id,
         "copy": copy,
         "module_type": type(layer).__name__,
-        # Keras variables have no version counter: a fingerprint of the values (far cheaper than the eigenvalues)
-        "extra": {
-            "module_class": type(layer),
-            "version": hashlib.blake2b(array.tobytes(), digest_size=16).digest(),
-        },
+        "extra": {"module_class": type(layer), "version": _frozen_fingerprint(layer, array)},
     }
     lw: LayerWeights | None = None
     if kind in ("dense", "embedding") and array.ndim == 2:
@@ -195,6 +191,17 @@ def _layer_weights(
         log.debug("%s (%s) skipped: %d-D weight", longname, type(layer).__name__, array.ndim)
         return None
     return (variable if isinstance(variable, keras.Variable) else None), lw
+
+
+def _frozen_fingerprint(layer: Any, array: np.ndarray) -> bytes | None:
+    """What says that a frozen layer's weights have not changed since the last analysis: Keras variables have no
+    version counter, so a fingerprint of the values (far cheaper than their eigenvalues). Only for layers without
+    trainable weights (``trainable=False``, a frozen base), as torch's snapshot does: trainable weights change at
+    every step, and hashing them would only add to every analysis (a LoRA layer's adapters are trainable: its
+    effective kernel changes too)."""
+    if layer.trainable_weights:
+        return None
+    return hashlib.blake2b(array.tobytes(), digest_size=16).digest()
 
 
 def _unique(name: str, used: set[str]) -> str:
