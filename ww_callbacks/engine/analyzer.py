@@ -200,9 +200,9 @@ class Analyzer:
 
     def _analyze_reusing(self, layers: list[LayerWeights], rng: np.random.Generator) -> SpectralReport:
         """`ww_callbacks.analyze` of ``layers``, except that a layer whose weights have not changed since its
-        last analysis (the same ``extra["version"]``: torch's tensor version counters, a Keras fingerprint) gets
-        its last result again. The others are analyzed with the generator of their position, so their numbers
-        are exactly those of a full analysis."""
+        last analysis (the same ``extra["version"]``: version counters of frozen torch tensors, a fingerprint of
+        a frozen Keras layer) gets its last result again. The others are analyzed with the generator of their
+        position, so their numbers are exactly those of a full analysis."""
         start = time.perf_counter()
         opts = self.analysis_options()
         generators = layer_rngs(rng, layers)
