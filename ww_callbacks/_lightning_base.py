@@ -3,15 +3,19 @@
 `ww_callbacks.lightning` and `ww_callbacks.pytorch_lightning` each define ``class WeightWatcherCallback(
 Callback, LightningWatcherMixin)`` with their namespace's ``Callback`` first (a real Lightning callback in every
 respect); the mixin's hooks are defined once, here, and installed on each such class when it is created
-(`LightningWatcherMixin.__init_subclass__`), where the namespace's no-op hooks would otherwise shadow them. What
-differs per namespace (``rank_zero_info``, ``WandbLogger``) is a class attribute there. This module imports neither namespace, so neither callback module pulls in the other.
+(`LightningWatcherMixin.__init_subclass__`), where the namespace's no-op hooks would otherwise shadow them. All
+that differs per namespace is the ``_namespace`` class attribute there (the docstring's names, where
+``rank_zero_info`` and ``WandbLogger`` come from). This module imports neither namespace, so neither callback
+module pulls in the other.
 Everything that follows an analysis lives in the engine (`ww_callbacks.engine.ResultPath`); this module only
 answers the engine's questions in Lightning's terms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .distributed import StrategyCollective
@@ -28,15 +32,17 @@ except ImportError:  # pragma: no cover - depends on the Python version
 
 __all__ = ["RUN_ON", "LightningHost", "LightningWatcherMixin", "lightning_doc"]
 
+log = logging.getLogger(__name__)
+
 #: The hooks the analysis can run at.
 RUN_ON = ("train_epoch_end", "validation_epoch_end")
 
 
 class LightningWatcherMixin(EngineViews):
     # The hooks around the engine (schedule, analysis points, background drains, checkpoint state), defined once:
-    # a concrete callback is ``class WeightWatcherCallback(Callback, LightningWatcherMixin)``, sets
-    # `_rank_zero_info` and `_wandb_logger_cls`, and `__init_subclass__` installs the hooks on it (its own
-    # overrides kept). The docstring is the callback's (`lightning_doc`).
+    # a concrete callback is ``class WeightWatcherCallback(Callback, LightningWatcherMixin)`` with `_namespace`
+    # set, and `__init_subclass__` installs the hooks on it (its own overrides kept) and its docstring: this
+    # one, for its namespace (`lightning_doc`).
     """Data-free spectral diagnostics (WeightWatcher metrics) and early stopping for lightning.pytorch.
 
     When it runs: at the end of every ``every_n_epochs``-th training epoch (``run_on="train_epoch_end"``, the
@@ -132,11 +138,11 @@ class LightningWatcherMixin(EngineViews):
         for name in LightningWatcherMixin.HOOKS:
             if name not in cls.__dict__:  # the namespace's Callback comes first in the bases
                 setattr(cls, name, LightningWatcherMixin.__dict__[name])
+        if "_namespace" in cls.__dict__:  # a namespace's callback: the docstring written for that namespace
+            cls.__doc__ = lightning_doc(cls._namespace)
 
-    #: ``rank_zero_info`` of the callback's Lightning namespace.
-    _rank_zero_info: ClassVar[Callable[[str], Any]]
-    #: ``WandbLogger`` of the callback's Lightning namespace (None if it has none).
-    _wandb_logger_cls: ClassVar[Any] = None
+    #: The callback's Lightning namespace: ``"lightning.pytorch"`` or ``"pytorch_lightning"``.
+    _namespace: ClassVar[str] = "lightning.pytorch"
 
     @watch_signature
     def __init__(
@@ -317,7 +323,8 @@ class LightningHost(Host):
                 )
 
     def info(self, message: str) -> None:
-        type(self._callback)._rank_zero_info(message)
+        rank_zero_info = _from_namespace(self._callback._namespace, "utilities.rank_zero", "rank_zero_info")
+        (rank_zero_info or log.info)(message)
 
     def stop(self, *, epoch: int, step: int, reason: str) -> bool:
         trainer = self.trainer
@@ -348,7 +355,7 @@ class LightningHost(Host):
         return self.trainer.lightning_module
 
     def wandb_run(self) -> Any:
-        logger_cls = type(self._callback)._wandb_logger_cls
+        logger_cls = _from_namespace(self._callback._namespace, "loggers", "WandbLogger")
         for logger in self.trainer.loggers if logger_cls is not None else ():
             if isinstance(logger, logger_cls):
                 self._from_logger = logger.experiment
@@ -357,6 +364,15 @@ class LightningHost(Host):
 
     def wandb_summaries_elsewhere(self, run: Any, *, owned: bool) -> bool:
         return run is not None and run is self._from_logger  # the WandbLogger gets them through `log`
+
+
+def _from_namespace(namespace: str, module: str, name: str) -> Any:
+    """``{namespace}.{module}.{name}`` (None where this Lightning version has none); the namespace is imported
+    already, by the callback's own module."""
+    try:
+        return getattr(importlib.import_module(f"{namespace}.{module}"), name)
+    except (ImportError, AttributeError):
+        return None
 
 
 def lightning_doc(namespace: str) -> str:

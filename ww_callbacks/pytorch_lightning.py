@@ -1,35 +1,17 @@
-"""`WeightWatcherCallback` for ``pytorch_lightning`` (the ``pytorch_lightning`` package).
-
-Importing this module imports ``pytorch_lightning`` but never ``lightning``; for that namespace use
-`ww_callbacks.lightning`, which holds the same callback. Both are written once, in
-`ww_callbacks._lightning_base` (hooks, docstring, the engine's `LightningHost`).
-
-Example:
-    >>> from pytorch_lightning import Trainer
-    >>> from ww_callbacks.pytorch_lightning import WeightWatcherCallback
-    >>> from ww_callbacks.stopping import AlphaBelow
-    >>> ww = WeightWatcherCallback(every_n_epochs=1, early_stopping=AlphaBelow(2.0))
-    >>> trainer = Trainer(max_epochs=1, callbacks=[ww], logger=False, enable_progress_bar=False)
+"""`WeightWatcherCallback` for ``pytorch_lightning``, the standalone package: the callback of
+`ww_callbacks.lightning`, subclassing ``pytorch_lightning.Callback``. Importing this module never imports
+``lightning``.
 """
 
 from __future__ import annotations
 
 from pytorch_lightning import Callback
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from ._lightning_base import LightningWatcherMixin, lightning_doc
+from ._lightning_base import LightningWatcherMixin
 from .engine import HISTORY_FILENAME
-
-try:
-    from pytorch_lightning.loggers import WandbLogger
-except ImportError:  # pragma: no cover - depends on the Lightning version
-    WandbLogger = None  # type: ignore[assignment,misc]
 
 __all__ = ["HISTORY_FILENAME", "WeightWatcherCallback"]
 
 
 class WeightWatcherCallback(Callback, LightningWatcherMixin):
-    __doc__ = lightning_doc("pytorch_lightning")
-
-    _rank_zero_info = staticmethod(rank_zero_info)
-    _wandb_logger_cls = WandbLogger
+    _namespace = "pytorch_lightning"

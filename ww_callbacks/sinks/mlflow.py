@@ -26,8 +26,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._util import finite_or_none
 from ..spectral.report import SpectralReport
+from .base import ReportSink
 from .media import FinalFigures, ReportMedia
 
 __all__ = ["MlflowSink", "mlflow_key"]
@@ -49,7 +49,7 @@ def mlflow_key(key: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", key)
 
 
-class MlflowSink:
+class MlflowSink(ReportSink):
     """Send each `SpectralReport` to one MLflow run.
 
     Per analysis: ``{prefix}{layer}/esd_plot`` images (``client.log_image`` with the analysis' step, shown in
@@ -93,40 +93,24 @@ class MlflowSink:
             self._client = MlflowClient()
         return self._client
 
-    def log_report(
-        self,
-        report: SpectralReport,
-        *,
-        epoch: int,
-        step: int,
-        is_last: bool = False,
-        media: ReportMedia | None = None,
+    def _write(
+        self, report: SpectralReport, *, epoch: int, step: int, is_last: bool, media: ReportMedia | None
     ) -> None:
-        """Log one analysis (sent again, it only adds its images if it has none yet)."""
         media = media if media is not None else ReportMedia(report, epoch=epoch, step=step)
         if self._last != (epoch, step):
             self._last = (epoch, step)
             self._log_scalars(report, step)
         for layer, rgba in media.esd_images.items():
             key = mlflow_key(f"{self.prefix}{layer}/esd_plot")
-            self.client.log_image(self.run_id, rgba, key=key, step=int(step))
+            self.client.log_image(self.run_id, rgba, key=key, step=step)
 
     def _log_scalars(self, report: SpectralReport, step: int) -> None:
         if not self.scalars:
             return
         from mlflow.entities import Metric
 
-        values: dict[str, Any] = {f"{self.prefix}{k}": v for k, v in report.summary.items()}
-        metrics = self.metrics if self.metrics is not None else tuple(report.summary)
-        for layer in report.layers:
-            for metric in metrics:
-                values[f"{self.prefix}{layer.longname}/{metric}"] = getattr(layer, metric, None)
         now = int(time.time() * 1000)
-        batch = [
-            Metric(mlflow_key(key), number, now, int(step))
-            for key, value in values.items()
-            if (number := finite_or_none(value)) is not None
-        ]
+        batch = [Metric(mlflow_key(key), value, now, step) for key, value in self.scalar_values(report)]
         for start in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 

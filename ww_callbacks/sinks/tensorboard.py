@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .._util import finite_or_none
 from ..spectral.report import SpectralReport
+from .base import ReportSink
 from .media import FinalFigures, ReportMedia
 
 __all__ = ["TensorBoardSink", "open_summary_writer"]
@@ -129,7 +129,7 @@ def _wrap(writer: Any) -> Any:
     return _TFWriter(writer)
 
 
-class TensorBoardSink:
+class TensorBoardSink(ReportSink):
     """Send each `SpectralReport` to a TensorBoard run, at the analysis' step.
 
     Per analysis: ``{prefix}{layer}/esd``, a histogram of log10 of the layer's eigenvalues that are not
@@ -184,40 +184,22 @@ class TensorBoardSink:
             self._own = open_summary_writer(self.log_dir, prefer=self.prefer)
         return self._own
 
-    def log_report(
-        self,
-        report: SpectralReport,
-        *,
-        epoch: int,
-        step: int,
-        is_last: bool = False,
-        media: ReportMedia | None = None,
+    def _write(
+        self, report: SpectralReport, *, epoch: int, step: int, is_last: bool, media: ReportMedia | None
     ) -> None:
-        """Write one analysis (an analysis sent again only adds its images, if it has none yet)."""
         writer = self._writer()
         if writer is None:
             return
         media = media if media is not None else ReportMedia(report, epoch=epoch, step=step)
         if self._last != (epoch, step):
             self._last = (epoch, step)
-            for tag, value in self._scalar_values(report):
+            for tag, value in self.scalar_values(report) if self.scalars else ():
                 writer.scalar(tag, value, step)
             for layer, (counts, edges, values) in media.histograms.items():
                 writer.histogram(f"{self.prefix}{layer}/esd", counts, edges, values, step)
         for layer, rgba in media.esd_images.items():
             writer.image(f"{self.prefix}{layer}/esd_plot", rgba, step)
         writer.flush()
-
-    def _scalar_values(self, report: SpectralReport) -> list[tuple[str, float]]:
-        if not self.scalars:
-            return []
-        out = [(f"{self.prefix}{k}", v) for k, v in report.summary.items() if finite_or_none(v) is not None]
-        metrics = self.metrics if self.metrics is not None else tuple(report.summary)
-        for layer in report.layers:
-            for metric in metrics:
-                if (value := finite_or_none(getattr(layer, metric, None))) is not None:
-                    out.append((f"{self.prefix}{layer.longname}/{metric}", value))
-        return out
 
     def finish(self, figures: FinalFigures | None = None, *, history_file: str | None = None) -> None:
         """Write the end figures at the last step, save them (and the history file) in the run directory,

@@ -22,9 +22,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .._util import finite_or_none, jsonable
+from .._util import jsonable
 from ..spectral.catalog import METRICS
 from ..spectral.report import SpectralReport
+from .base import ReportSink
 from .media import (
     DEFAULT_MEDIA_EVERY_N_EPOCHS,
     MAX_HISTOGRAM_BINS,
@@ -58,7 +59,7 @@ def _table(wandb: Any, report: SpectralReport, epoch: int, step: int) -> Any:
     return wandb.Table(columns=columns, data=data)
 
 
-class WandbSink:
+class WandbSink(ReportSink):
     """Send each `SpectralReport` to a W&B run.
 
     For every analyzed epoch, one ``run.log`` call carries ``{step_metric: step}`` (so the values line up with
@@ -82,7 +83,8 @@ class WandbSink:
     analysis heatmap of alpha (``{prefix}alpha_heatmap``) and the summary metrics over training
     (``{prefix}summary_plot``), on a step axis when ``x_axis="step"``. The sink never calls ``run.finish()``:
     the run belongs to its owner. Histograms and images come from a `ReportMedia` (computed once per analysis
-    for every sink when `ww_callbacks.sinks.lifecycle.RunSinks` drives it).
+    for every sink when `ww_callbacks.sinks.lifecycle.RunSinks` drives it). `log_report` never raises: W&B
+    problems become a warning (once) and the rest of that report is skipped.
 
     Args:
         run: a ``wandb`` run, an object with an ``experiment`` run (Lightning's ``WandbLogger``), or None for the
@@ -179,7 +181,7 @@ class WandbSink:
             for metric, goal in _SUMMARY_GOALS.items():
                 wanted.append((f"{self.prefix}{metric}", {"step_metric": self.step_metric, "summary": goal}))
         if self.per_layer:
-            metrics = self._layer_metrics(report)
+            metrics = self.layer_metrics(report)
             for layer in report.layers:
                 for metric, goal in _SUMMARY_GOALS.items():
                     if metric in metrics:
@@ -190,24 +192,10 @@ class WandbSink:
                 run.define_metric(name, **kwargs)
                 self._defined.add(name)
 
-    def _layer_metrics(self, report: SpectralReport) -> tuple[str, ...]:
-        return self.metrics if self.metrics is not None else tuple(report.summary)
-
     # -- payload pieces -------------------------------------------------------------------------------------
 
     def _scalars(self, report: SpectralReport) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.log_summary:
-            for metric, value in report.summary.items():
-                if (number := finite_or_none(value)) is not None:
-                    out[f"{self.prefix}{metric}"] = number
-        if self.per_layer:
-            metrics = self._layer_metrics(report)
-            for layer in report.layers:
-                for metric in metrics:
-                    if (number := finite_or_none(getattr(layer, metric, None))) is not None:
-                        out[f"{self.prefix}{layer.longname}/{metric}"] = number
-        return out
+        return dict(self.scalar_values(report, summary=self.log_summary, per_layer=self.per_layer))
 
     def _media(self, wandb: Any, media: ReportMedia, *, histograms: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -220,30 +208,11 @@ class WandbSink:
 
     # -- public API -----------------------------------------------------------------------------------------
 
-    def log_report(
-        self,
-        report: SpectralReport,
-        *,
-        epoch: int,
-        step: int,
-        is_last: bool = False,
-        media: ReportMedia | None = None,
+    def _write(
+        self, report: SpectralReport, *, epoch: int, step: int, is_last: bool, media: ReportMedia | None
     ) -> None:
-        """Log one analysis. Never raises: W&B problems become a warning (once) and the rest is skipped.
-
-        Calling it again for the epoch just logged (e.g. with ``is_last=True`` once the callback learns that the
-        run ended) only adds the ESD images if that epoch has none yet. ``media``: the analysis' histograms
-        and images, shared with other sinks (default: computed here, images on this sink's schedule).
-
-        Example (needs a W&B run, so it is not a doctest)::
-
-            import numpy as np, wandb, ww_callbacks
-            sink = WandbSink(wandb.init(mode="offline"), step_metric="epoch")
-            report = ww_callbacks.analyze({"fc.weight": np.ones((30, 20))})
-            sink.log_report(report, epoch=0, step=0, is_last=True)
-        """
         try:
-            self._log_report(report, epoch=int(epoch), step=int(step), is_last=is_last, media=media)
+            self._log_report(report, epoch=epoch, step=step, is_last=is_last, media=media)
         except Exception as exc:  # logging must never stop training
             self._warn_once("log", f"could not log the spectral report to W&B ({exc!r}); training continues")
 
